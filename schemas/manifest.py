@@ -1,0 +1,164 @@
+"""The dataset manifest (`manifest.json`) and the run's accounting (`stats.json`).
+
+`manifest.json` is also a wids shard index: it carries `__kind__`/`wids_version` and a
+`shardlist` of `{"url", "nsamples"}` entries, so `wids.ShardListDataset("OUT/manifest.json")`
+and the trainer can count samples exactly without opening a tar.
+
+    manifest = Manifest.load("out/manifest.json")
+    manifest.total_samples
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+
+from schemas.records import Status
+
+MANIFEST_VERSION = 1
+STATS_VERSION = 1
+MANIFEST_KIND = "webpairs-manifest"
+WIDS_KIND = "wids-shard-index-v1"
+
+
+class ManifestError(ValueError):
+    """A manifest or stats file this version cannot read."""
+
+
+class StatsMismatchError(RuntimeError):
+    """Input rows do not add up to the outcomes: a row was lost or counted twice."""
+
+
+@dataclass(frozen=True)
+class ShardEntry:
+    url: str  # relative to the manifest's folder, e.g. "shards/00000.tar"
+    nsamples: int
+    filesize: int
+    sha256: str
+    parquet: str | None = None  # result rows of this shard
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> ShardEntry:
+        return cls(
+            url=d["url"],
+            nsamples=int(d["nsamples"]),
+            filesize=int(d.get("filesize", 0)),
+            sha256=d.get("sha256", ""),
+            parquet=d.get("parquet"),
+        )
+
+
+@dataclass
+class Manifest:
+    shardlist: list[ShardEntry]
+    name: str = "webpairs"
+    source: str | None = None  # lineage: what this dataset was made from
+    options: dict = field(default_factory=dict)  # the options of the run that wrote it
+    version: int = MANIFEST_VERSION
+
+    @property
+    def total_samples(self) -> int:
+        return sum(s.nsamples for s in self.shardlist)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(s.filesize for s in self.shardlist)
+
+    def to_dict(self) -> dict:
+        return {
+            "__kind__": WIDS_KIND,
+            "wids_version": 1,
+            "format": MANIFEST_KIND,
+            "version": self.version,
+            "name": self.name,
+            "source": self.source,
+            "total_samples": self.total_samples,
+            "total_bytes": self.total_bytes,
+            "options": self.options,
+            "shardlist": [asdict(s) for s in self.shardlist],
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> Manifest:
+        if d.get("format") != MANIFEST_KIND:
+            raise ManifestError(f"not a webpairs manifest (format={d.get('format')!r})")
+        version = d.get("version")
+        if version != MANIFEST_VERSION:
+            raise ManifestError(
+                f"manifest version {version} is not supported (this webpairs reads {MANIFEST_VERSION})"
+            )
+        return cls(
+            shardlist=[ShardEntry.from_dict(s) for s in d["shardlist"]],
+            name=d.get("name", "webpairs"),
+            source=d.get("source"),
+            options=d.get("options") or {},
+            version=version,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Manifest:
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ManifestError(f"manifest is not valid JSON: {e}") from None
+        return cls.from_dict(d)
+
+
+@dataclass
+class Stats:
+    """The funnel. Invariant: input == written + Σfailed + Σfiltered + Σduplicate + Σinvalid."""
+
+    input: int = 0
+    written: int = 0
+    failed: dict[str, int] = field(default_factory=dict)
+    filtered: dict[str, int] = field(default_factory=dict)
+    duplicate: dict[str, int] = field(default_factory=dict)
+    invalid: dict[str, int] = field(default_factory=dict)
+    failed_by_domain: dict[str, dict[str, int]] = field(default_factory=dict)
+    shards: int = 0
+    version: int = STATS_VERSION
+
+    def outcomes(self) -> int:
+        return (
+            self.written
+            + sum(self.failed.values())
+            + sum(self.filtered.values())
+            + sum(self.duplicate.values())
+            + sum(self.invalid.values())
+        )
+
+    def check(self) -> None:
+        if self.input != self.outcomes():
+            raise StatsMismatchError(
+                f"accounting does not add up: input {self.input} != outcomes {self.outcomes()} "
+                f"(written {self.written}, failed {sum(self.failed.values())}, "
+                f"filtered {sum(self.filtered.values())}, duplicate {sum(self.duplicate.values())}, "
+                f"invalid {sum(self.invalid.values())})"
+            )
+
+    def by_status(self) -> dict[str, int]:
+        return {
+            Status.OK: self.written,
+            Status.FAILED: sum(self.failed.values()),
+            Status.FILTERED: sum(self.filtered.values()),
+            Status.DUPLICATE: sum(self.duplicate.values()),
+            Status.INVALID: sum(self.invalid.values()),
+        }
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        d["format"] = "webpairs-stats"
+        return json.dumps(d, indent=1, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Stats:
+        d = json.loads(text)
+        if d.pop("format", None) != "webpairs-stats":
+            raise ManifestError("not a webpairs stats file")
+        if d.get("version") != STATS_VERSION:
+            raise ManifestError(f"stats version {d.get('version')} is not supported")
+        return cls(**d)

@@ -1,0 +1,125 @@
+"""Input pairs and per-sample result rows: field names, statuses and reasons, defined once.
+
+Every input row ends as exactly one result row whose `status` is one of `Status`; every row
+that is not `ok` carries a `reason` (one of `Reason`, or `http_<code>`).
+
+    schema = result_schema(extra=[pa.field("similarity", pa.float64())])
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+RESULT_SCHEMA_VERSION = 1
+
+
+class Status:
+    OK = "ok"
+    FAILED = "failed"
+    FILTERED = "filtered"
+    DUPLICATE = "duplicate"
+    INVALID = "invalid"
+
+    ALL = (OK, FAILED, FILTERED, DUPLICATE, INVALID)
+
+
+class Reason:
+    """Why a row was not written. HTTP errors use `Reason.http(status)` -> "http_404"."""
+
+    # invalid input rows
+    MISSING_URL = "missing_url"
+    BAD_SCHEME = "bad_scheme"
+    UNPARSABLE_URL = "unparsable_url"
+    URL_TOO_LONG = "url_too_long"
+    CAPTION_NOT_STRING = "caption_not_string"
+    MALFORMED_ROW = "malformed_row"
+    # download failures
+    DNS = "dns"
+    CONNECT = "connect"
+    TLS = "tls"
+    TIMEOUT = "timeout"
+    TOO_LARGE = "too_large"
+    TOO_MANY_REDIRECTS = "too_many_redirects"
+    OPTED_OUT = "opted_out"
+    NETWORK = "network"
+    # image failures
+    NOT_IMAGE = "not_image"
+    DECODE = "decode"
+    TOO_MANY_PIXELS = "too_many_pixels"
+    # filters
+    TOO_SMALL = "too_small"
+    ASPECT_RATIO = "aspect_ratio"
+    # duplicates
+    DUPLICATE_URL = "duplicate_url"
+
+    TRANSIENT = frozenset({DNS, CONNECT, TIMEOUT, NETWORK})
+
+    @staticmethod
+    def http(status: int) -> str:
+        return f"http_{status}"
+
+    @classmethod
+    def is_transient(cls, reason: str | None) -> bool:
+        """Worth retrying in a later run: network trouble, 429 and 5xx."""
+        if reason is None:
+            return False
+        if reason in cls.TRANSIENT:
+            return True
+        if reason.startswith("http_"):
+            code = reason[5:]
+            return code == "429" or code.startswith("5")
+        return False
+
+
+# The input pair. Extra columns pass through untouched (see `result_schema(extra=...)`).
+INPUT_FIELDS = (
+    pa.field("url", pa.string(), nullable=False),
+    pa.field("caption", pa.string()),
+)
+
+# One row per input row, whatever happened to it. Order here is the column order on disk.
+RESULT_FIELDS = (
+    pa.field("key", pa.string()),  # stable sample key (schemas.sample.key_for_url)
+    pa.field("url", pa.string()),  # as given in the input
+    pa.field("caption", pa.string()),
+    pa.field("status", pa.string(), nullable=False),  # Status.*
+    pa.field("reason", pa.string()),  # Reason.* when status != ok
+    pa.field("error", pa.string()),  # raw detail of a failure, for humans
+    pa.field("duplicate_of", pa.string()),  # survivor's key when status == duplicate
+    pa.field("http_status", pa.int32()),
+    pa.field("original_width", pa.int32()),
+    pa.field("original_height", pa.int32()),
+    pa.field("width", pa.int32()),  # as written to the shard
+    pa.field("height", pa.int32()),
+    pa.field("bytes", pa.int64()),  # size of the downloaded original
+    pa.field("mime", pa.string()),  # sniffed from the bytes, not the header
+    pa.field("sha256", pa.string()),  # of the downloaded original bytes
+    pa.field("shard", pa.string()),  # shard name, e.g. "00012", when written
+)
+
+RESULT_FIELD_NAMES = tuple(f.name for f in RESULT_FIELDS)
+
+
+def input_schema(extra: list[pa.Field] | tuple[pa.Field, ...] = ()) -> pa.Schema:
+    return pa.schema(list(INPUT_FIELDS) + list(extra))
+
+
+def result_schema(extra: list[pa.Field] | tuple[pa.Field, ...] = ()) -> pa.Schema:
+    """Result-row schema, with pass-through input columns appended after the fixed ones."""
+    clash = {f.name for f in extra} & set(RESULT_FIELD_NAMES)
+    if clash:
+        raise ValueError(f"extra columns clash with result fields: {', '.join(sorted(clash))}")
+    return pa.schema(
+        list(RESULT_FIELDS) + list(extra),
+        metadata={b"webpairs.result_schema_version": str(RESULT_SCHEMA_VERSION).encode()},
+    )
+
+
+def empty_result(**values) -> dict:
+    """A result row with every fixed field present (None where unknown)."""
+    row = dict.fromkeys(RESULT_FIELD_NAMES)
+    unknown = set(values) - set(RESULT_FIELD_NAMES)
+    if unknown:
+        raise KeyError(f"not result fields: {', '.join(sorted(unknown))}")
+    row.update(values)
+    return row
