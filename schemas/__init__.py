@@ -1,6 +1,6 @@
 """Record layouts shared by the pipeline and the trainer; imports neither Beam nor torch.
 
-    from schemas import Status, Reason, result_schema, SampleKey
+from schemas import Status, Reason, result_schema, SampleKey
 """
 
 from schemas.manifest import (

@@ -39,7 +39,9 @@ class TarMember:
     data: bytes
 
 
-def sample_to_members(key: str, image: bytes, image_ext: str, caption: str | None, row: dict) -> list[TarMember]:
+def sample_to_members(
+    key: str, image: bytes, image_ext: str, caption: str | None, row: dict
+) -> list[TarMember]:
     """The members of one sample, in the order webdataset expects them to be adjacent."""
     if "." in key or "/" in key:
         raise ValueError(f"sample key must not contain '.' or '/': {key!r}")

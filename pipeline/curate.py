@@ -1,0 +1,261 @@
+"""The curation job: URL lists in, WebDataset shards out.
+
+    python -m pipeline.curate --input urls.parquet --output out/ \
+        --resize-mode keep_ratio --image-size 256 --runner DirectRunner
+
+    ReadPairs -> DedupeUrls -> DownloadImages -> DecodeResize -> WriteShards
+                                                      └─ every other row -> rejects/ + stats.json
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+from dataclasses import dataclass, replace
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from pipeline.dedupe import DedupeUrls
+from pipeline.download import DownloadConfig, DownloadImages
+from pipeline.images import DecodeResize, ImageConfig
+from pipeline.options import CurateOptions
+from pipeline.read import InputError, ReadConfig, ReadPairs, resolve
+from pipeline.results import parquet_schema
+from pipeline.shards import MANIFEST_NAME, SHARDS_DIR, ShardConfig, WriteManifest, WriteShards
+from pipeline.stats import STATS_NAME, LogProgress, WriteStats
+from schemas import Stats, StatsMismatchError, Status
+
+logger = logging.getLogger(__name__)
+PROG = "webpairs curate"
+REJECTS_DIR = "rejects"
+# Runners whose job servers take options this process does not know about.
+_PORTABLE_RUNNERS = ("flinkrunner", "sparkrunner", "portablerunner", "prismrunner", "samzarunner")
+
+
+@dataclass(frozen=True)
+class CurateConfig:
+    read: ReadConfig
+    download: DownloadConfig
+    image: ImageConfig
+    shards: ShardConfig
+    output: str
+    overwrite: bool = False
+    resume: bool = False
+
+
+def config_from_options(opts: CurateOptions) -> CurateConfig:
+    if not opts.input:
+        raise InputError("--input is required")
+    if not opts.output:
+        raise InputError("--output is required")
+    for flag, value in (
+        ("--threads", opts.threads),
+        ("--image-size", opts.image_size),
+        ("--samples-per-shard", opts.samples_per_shard),
+    ):
+        if value < 1:
+            raise InputError(f"{flag} must be at least 1, got {value}")
+    if not 0 <= opts.encode_quality <= 100:
+        raise InputError(f"--encode-quality must be in 0..100, got {opts.encode_quality}")
+    read = ReadConfig(
+        input=opts.input,
+        input_format=opts.input_format,
+        url_col=opts.url_col,
+        caption_col=opts.caption_col or None,
+        extra_cols=tuple(opts.save_additional_columns),
+        max_url_length=opts.max_url_length,
+    )
+    download = DownloadConfig(
+        threads=opts.threads,
+        connect_timeout=opts.connect_timeout,
+        read_timeout=opts.read_timeout,
+        deadline=opts.timeout,
+        retries=opts.retries,
+        user_agent=opts.user_agent,
+        user_agent_token=opts.user_agent_token,
+        max_bytes=opts.max_bytes,
+        max_redirects=opts.max_redirects,
+        disallowed_directives=tuple(opts.disallowed_header_directives),
+    )
+    image = ImageConfig(
+        image_size=opts.image_size,
+        resize_mode=opts.resize_mode,
+        resize_only_if_bigger=opts.resize_only_if_bigger,
+        output_format=opts.output_format,
+        encode_quality=opts.encode_quality,
+        max_pixels=opts.max_pixels,
+        min_image_size=opts.min_image_size,
+        max_aspect_ratio=opts.max_aspect_ratio or math.inf,
+        threads=opts.decode_threads,
+    )
+    shards = ShardConfig(
+        output=opts.output,
+        samples_per_shard=opts.samples_per_shard,
+        bytes_per_shard=opts.bytes_per_shard,
+    )
+    return CurateConfig(read, download, image, shards, opts.output, opts.overwrite, opts.resume)
+
+
+def build(p: beam.Pipeline, cfg: CurateConfig, options_record: dict) -> None:
+    """The job graph. `cfg.read` must be resolved (see read.resolve)."""
+    extra = cfg.read.extra_fields
+    shards_cfg = replace(cfg.shards, extra_fields=extra)
+
+    read = p | "ReadPairs" >> ReadPairs(cfg.read)
+    deduped = read["pairs"] | "DedupeUrls" >> DedupeUrls()
+    images = (
+        deduped["unique"]
+        | "DownloadImages" >> DownloadImages(cfg.download)
+        | "DecodeResize" >> DecodeResize(cfg.image)
+    )
+    ok = images | "OnlyOk" >> beam.Filter(lambda r: r["status"] == Status.OK)
+    not_ok = (
+        images
+        | "NotOk" >> beam.Filter(lambda r: r["status"] != Status.OK)
+        | "DropBytes" >> beam.Map(lambda r: {k: v for k, v in r.items() if not k.startswith("_")})
+    )
+    written = ok | "WriteShards" >> WriteShards(shards_cfg)
+
+    rejects = (not_ok, deduped["duplicates"], read["invalid"]) | "AllRejects" >> beam.Flatten()
+    results = (
+        (written["rows"], rejects)
+        | "AllResults" >> beam.Flatten()
+        | "Progress" >> beam.ParDo(LogProgress())
+    )
+    _ = rejects | "WriteRejects" >> beam.io.WriteToParquet(
+        FileSystems.join(cfg.output, REJECTS_DIR, "rejects"),
+        parquet_schema(extra),
+        file_name_suffix=".parquet",
+    )
+    _ = written["shards"] | "WriteManifest" >> WriteManifest(cfg.output, options_record)
+    _ = {
+        "results": results,
+        "input_count": read["input_count"],
+        "shards": written["shards"],
+    } | "WriteStats" >> WriteStats(cfg.output)
+
+
+def prepare_output(cfg: CurateConfig) -> None:
+    """Refuse to clobber a run unless asked; clear it when --overwrite is given."""
+    out = cfg.output
+    finished = FileSystems.exists(FileSystems.join(out, MANIFEST_NAME))
+    leftovers = [
+        FileSystems.join(out, name)
+        for name in (SHARDS_DIR, REJECTS_DIR, STATS_NAME, MANIFEST_NAME)
+        if FileSystems.exists(FileSystems.join(out, name))
+    ]
+    if cfg.resume:
+        raise InputError("--resume is not available yet; re-run with --overwrite to start over")
+    if leftovers and not cfg.overwrite:
+        what = "a finished run" if finished else "an unfinished run"
+        raise InputError(f"--output {out} already holds {what}; pass --overwrite to replace it")
+    if leftovers:
+        logger.info("--overwrite: removing %s", ", ".join(leftovers))
+        FileSystems.delete(leftovers)
+
+
+def check_flags(argv: list[str], options: PipelineOptions) -> None:
+    """Unknown flags are an error (Beam would only log and drop them), except where a
+    portable runner's job server is the one that reads them."""
+    from apache_beam.options.pipeline_options import (
+        _BeamArgumentParser,
+    )  # the parser Beam itself uses
+
+    parser = _BeamArgumentParser(allow_abbrev=False)
+    seen = {}
+    for cls in PipelineOptions.__subclasses__():
+        seen.setdefault(str(cls), cls)
+    for cls in seen.values():
+        cls._add_argparse_args(parser)
+    _, unknown = parser.parse_known_args(argv)
+    runner = str(options.view_as(StandardOptions).runner or "").lower()
+    flags = [a for a in unknown if a.startswith("-")]
+    if flags and runner not in _PORTABLE_RUNNERS:
+        raise InputError(f"unrecognized arguments: {' '.join(flags)}")
+
+
+def run(argv: list[str]) -> Stats:
+    options = PipelineOptions(argv)
+    check_flags(argv, options)
+    opts = options.view_as(CurateOptions)
+    if options.view_as(StandardOptions).runner is None:
+        options.view_as(StandardOptions).runner = "DirectRunner"
+    cfg = config_from_options(opts)
+    cfg = replace(cfg, read=resolve(cfg.read))
+    prepare_output(cfg)
+    record = {
+        k: v
+        for k, v in opts.get_all_options(current_only=True).items()
+        if k not in ("overwrite", "resume")
+    }
+
+    p = beam.Pipeline(options=options)
+    build(p, cfg, record)
+    logger.info(
+        "curating %s -> %s on %s",
+        cfg.read.input,
+        cfg.output,
+        options.view_as(StandardOptions).runner,
+    )
+    p.run().wait_until_finish()
+
+    with FileSystems.open(FileSystems.join(cfg.output, STATS_NAME)) as f:
+        stats = Stats.from_json(f.read().decode("utf-8"))
+    stats.check()  # fails loudly when a row was lost or counted twice
+    return stats
+
+
+def summary_line(stats: Stats) -> str:
+    parts = [f"input {stats.input}", f"written {stats.written} in {stats.shards} shards"]
+    for status in (Status.FAILED, Status.FILTERED, Status.DUPLICATE, Status.INVALID):
+        reasons = getattr(stats, status)
+        if reasons:
+            detail = ", ".join(
+                f"{r} {n}" for r, n in sorted(reasons.items(), key=lambda kv: -kv[1])
+            )
+            parts.append(f"{status} {sum(reasons.values())} ({detail})")
+    return "; ".join(parts)
+
+
+def _help(prog: str) -> str:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog=prog, description="URL lists in, WebDataset shards out (Apache Beam)."
+    )
+    CurateOptions._add_argparse_args(parser)
+    return (
+        parser.format_help()
+        + "\nAny Beam pipeline option (--runner, --direct_num_workers, ...) is accepted too.\n"
+    )
+
+
+def main(argv: list[str] | None = None, prog: str = PROG) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        sys.stdout.write(_help(prog))
+        return 0
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+        logging.getLogger("apache_beam").setLevel(logging.WARNING)  # its INFO lines drown ours
+    try:
+        stats = run(argv)
+    except (InputError, ValueError) as e:
+        sys.stderr.write(f"{prog}: error: {e}\n")
+        return 2
+    except StatsMismatchError as e:
+        sys.stderr.write(f"{prog}: error: {e}\n")
+        return 1
+    except SystemExit as e:  # argparse inside Beam on a malformed flag value
+        return int(e.code or 2)
+    sys.stdout.write(summary_line(stats) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,330 @@
+"""Downloading images: one classified result row per URL, never an exception.
+
+    row = fetch_row(pair, make_pool(cfg), cfg)
+    rows = pairs | "DownloadImages" >> DownloadImages(DownloadConfig(threads=64))
+
+Per request: connect/read timeouts and one total deadline that a trickling server cannot
+extend, bounded retries with jittered backoff on transient failures (timeouts, connection
+errors, 429, 5xx; Retry-After honoured up to a cap), redirects followed by hand (counted,
+scheme-checked), a byte cap enforced while streaming, magic-byte sniffing (an HTML page is
+not an image whatever its Content-Type says) and the X-Robots-Tag opt-out directives.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import random
+import socket
+import ssl
+import time
+import zlib
+from dataclasses import dataclass
+from functools import partial
+from urllib.parse import urljoin, urlsplit
+
+import apache_beam as beam
+import urllib3
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    LocationParseError,
+    MaxRetryError,
+    NameResolutionError,
+    NewConnectionError,
+    ProtocolError,
+    ReadTimeoutError,
+    SSLError,
+)
+
+from pipeline.concurrency import ThreadedMapFn
+from pipeline.images import sniff_mime
+from pipeline.results import result_row
+from schemas import Reason, Status
+
+DEFAULT_USER_AGENT = "webpairs/0.1 (image-text dataset builder; honours X-Robots-Tag noai)"
+DEFAULT_DISALLOWED = ("noai", "noimageai", "noindex", "noimageindex")
+_REDIRECTS = (301, 302, 303, 307, 308)
+_CHUNK = 64 * 1024
+
+
+@dataclass(frozen=True)
+class DownloadConfig:
+    threads: int = 64  # requests in flight per worker
+    connect_timeout: float = 10.0
+    read_timeout: float = 10.0  # longest silence between two reads
+    deadline: float = 30.0  # whole attempt, redirects and body included
+    retries: int = 2  # extra attempts on transient failures
+    backoff: float = 0.5  # first retry waits ~backoff, then doubles (jittered)
+    max_retry_wait: float = 10.0  # a Retry-After longer than this is not waited for
+    user_agent: str = DEFAULT_USER_AGENT
+    user_agent_token: str = "webpairs"  # the name UA-scoped X-Robots-Tag lines address
+    max_bytes: int = 32 * 1024 * 1024
+    max_redirects: int = 5
+    disallowed_directives: tuple[str, ...] = DEFAULT_DISALLOWED  # empty: ignore X-Robots-Tag
+
+
+@dataclass
+class Fetched:
+    ok: bool
+    reason: str | None = None
+    error: str | None = None
+    http_status: int | None = None
+    data: bytes | None = None
+    final_url: str | None = None
+    retry_after: float | None = None
+
+
+class _Failure(Exception):
+    def __init__(
+        self,
+        reason: str,
+        detail: str,
+        http_status: int | None = None,
+        retry_after: float | None = None,
+    ):
+        super().__init__(detail)
+        self.reason, self.http_status, self.retry_after = reason, http_status, retry_after
+
+
+def make_pool(cfg: DownloadConfig) -> urllib3.PoolManager:
+    # Many hosts, a few connections each; never blocks waiting for a pooled connection.
+    return urllib3.PoolManager(num_pools=256, maxsize=8, block=False, retries=False)
+
+
+def opted_out(header_values: list[str], disallowed: tuple[str, ...], ua_token: str) -> str | None:
+    """The directive that forbids use, from X-Robots-Tag header values, or None.
+
+    `X-Robots-Tag: noai` applies to every crawler; `X-Robots-Tag: otherbot: noai` only to
+    otherbot. Several directives may share a line, comma-separated.
+    """
+    if not disallowed:
+        return None
+    wanted = {d.lower() for d in disallowed}
+    ua = ua_token.lower()
+    for value in header_values:
+        directives = [d.strip().lower() for d in value.split(",")]
+        scope = None
+        head = directives[0]
+        if ":" in head:
+            name, _, rest = head.partition(":")
+            if name.strip() not in ("unavailable_after",):
+                scope, directives[0] = name.strip(), rest.strip()
+        if scope is not None and scope != ua:
+            continue
+        for d in directives:
+            if d in wanted:
+                return d
+    return None
+
+
+def _retry_after_seconds(value: str | None) -> float | None:
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _classify(exc: BaseException) -> tuple[str, str]:
+    if isinstance(exc, MaxRetryError) and exc.reason is not None:
+        exc = exc.reason
+    detail = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, (NameResolutionError, socket.gaierror)):
+        return Reason.DNS, detail
+    if isinstance(exc, (ConnectTimeoutError, ReadTimeoutError, socket.timeout, TimeoutError)):
+        return Reason.TIMEOUT, detail
+    if isinstance(exc, (SSLError, ssl.SSLError)):
+        return Reason.TLS, detail
+    if isinstance(exc, (NewConnectionError, ConnectionRefusedError)):
+        if "Name or service not known" in str(exc) or "nodename nor servname" in str(exc):
+            return Reason.DNS, detail
+        return Reason.CONNECT, detail
+    if isinstance(exc, LocationParseError):
+        return Reason.UNPARSABLE_URL, detail
+    if isinstance(exc, ProtocolError):
+        return Reason.NETWORK, detail
+    return Reason.NETWORK, detail
+
+
+def _set_read_timeout(resp, seconds: float) -> None:
+    # The total deadline: no single read may wait past it, however slowly bytes trickle.
+    sock = getattr(getattr(resp, "connection", None), "sock", None)
+    if sock is not None:
+        sock.settimeout(max(0.001, seconds))
+
+
+def _read_body(resp, cfg: DownloadConfig, deadline_at: float) -> bytes:
+    encoding = (resp.headers.get("Content-Encoding") or "identity").strip().lower()
+    if encoding not in ("identity", "gzip", "x-gzip", "deflate"):
+        raise _Failure(Reason.NETWORK, f"unsupported Content-Encoding {encoding!r}")
+    inflater = None
+    if encoding != "identity":
+        inflater = zlib.decompressobj(47 if "gzip" in encoding else zlib.MAX_WBITS)
+    parts, size = [], 0
+    while True:
+        remaining = deadline_at - time.monotonic()
+        if remaining <= 0:
+            raise _Failure(
+                Reason.TIMEOUT, f"deadline of {cfg.deadline}s passed while reading the body"
+            )
+        _set_read_timeout(resp, min(cfg.read_timeout, remaining))
+        chunk = resp.read1(_CHUNK, decode_content=False)
+        if not chunk:
+            break
+        if inflater is not None:
+            # Bounded inflation: a small compressed body cannot expand past the byte cap.
+            chunk = inflater.decompress(chunk, cfg.max_bytes + 1 - size)
+            if inflater.unconsumed_tail:
+                raise _Failure(Reason.TOO_LARGE, f"body inflates past {cfg.max_bytes} bytes")
+        size += len(chunk)
+        if size > cfg.max_bytes:
+            raise _Failure(Reason.TOO_LARGE, f"body exceeds {cfg.max_bytes} bytes")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def fetch_once(url: str, cfg: DownloadConfig, http: urllib3.PoolManager) -> Fetched:
+    deadline_at = time.monotonic() + cfg.deadline
+    headers = {
+        "User-Agent": cfg.user_agent,
+        "Accept": "image/*,*/*;q=0.5",
+        "Accept-Encoding": "identity",
+    }
+    current = url
+    resp = None
+    try:
+        for _hop in range(cfg.max_redirects + 1):
+            remaining = deadline_at - time.monotonic()
+            if remaining <= 0:
+                raise _Failure(
+                    Reason.TIMEOUT, f"deadline of {cfg.deadline}s passed during redirects"
+                )
+            timeout = urllib3.Timeout(
+                connect=min(cfg.connect_timeout, remaining), read=min(cfg.read_timeout, remaining)
+            )
+            resp = http.urlopen(
+                "GET",
+                current,
+                headers=headers,
+                redirect=False,
+                retries=False,
+                preload_content=False,
+                timeout=timeout,
+            )
+            if resp.status not in _REDIRECTS:
+                break
+            location = resp.headers.get("Location")
+            resp.drain_conn()
+            resp.release_conn()
+            resp = None
+            if not location:
+                raise _Failure(Reason.http(0), "redirect without a Location header")
+            current = urljoin(current, location)
+            if urlsplit(current).scheme not in ("http", "https"):
+                raise _Failure(Reason.BAD_SCHEME, f"redirect to a non-http(s) URL: {current[:200]}")
+        else:
+            raise _Failure(Reason.TOO_MANY_REDIRECTS, f"more than {cfg.max_redirects} redirects")
+        status = resp.status
+        if not 200 <= status < 300:
+            retry_after = _retry_after_seconds(resp.headers.get("Retry-After"))
+            raise _Failure(
+                Reason.http(status),
+                f"HTTP {status} {resp.reason or ''}".strip(),
+                status,
+                retry_after,
+            )
+        directive = opted_out(
+            resp.headers.getlist("X-Robots-Tag"), cfg.disallowed_directives, cfg.user_agent_token
+        )
+        if directive:
+            raise _Failure(Reason.OPTED_OUT, f"X-Robots-Tag: {directive}", status)
+        length = resp.headers.get("Content-Length")
+        if length and length.strip().isdigit() and int(length) > cfg.max_bytes:
+            raise _Failure(
+                Reason.TOO_LARGE, f"Content-Length {length} exceeds {cfg.max_bytes} bytes", status
+            )
+        try:
+            data = _read_body(resp, cfg, deadline_at)
+        except _Failure as f:
+            f.http_status = status
+            raise
+        return Fetched(True, http_status=status, data=data, final_url=current)
+    except _Failure as f:
+        return Fetched(
+            False, f.reason, str(f), f.http_status, final_url=current, retry_after=f.retry_after
+        )
+    except Exception as e:  # urllib3/socket/ssl errors, classified
+        reason, detail = _classify(e)
+        return Fetched(False, reason, detail, final_url=current)
+    finally:
+        if resp is not None:
+            resp.release_conn() if resp.isclosed() else resp.close()
+
+
+def is_retryable(f: Fetched) -> bool:
+    return Reason.is_transient(f.reason)
+
+
+def fetch(url: str, cfg: DownloadConfig, http: urllib3.PoolManager) -> Fetched:
+    """fetch_once with bounded, jittered retries on transient failures."""
+    for attempt in range(cfg.retries + 1):
+        result = fetch_once(url, cfg, http)
+        if result.ok or not is_retryable(result) or attempt == cfg.retries:
+            return result
+        wait = cfg.backoff * (2**attempt) * random.uniform(0.5, 1.5)
+        if result.retry_after is not None:
+            if result.retry_after > cfg.max_retry_wait:
+                return result
+            wait = max(wait, result.retry_after)
+        time.sleep(wait)
+    return result
+
+
+def fetch_row(pair: dict, http: urllib3.PoolManager, cfg: DownloadConfig) -> dict:
+    """A pair -> a result row; on success the original bytes ride along in `_data`."""
+    got = fetch(pair["url"].strip(), cfg, http)
+    if not got.ok:
+        return result_row(
+            pair, Status.FAILED, reason=got.reason, error=got.error, http_status=got.http_status
+        )
+    mime = sniff_mime(got.data)
+    row = result_row(
+        pair,
+        Status.OK,
+        http_status=got.http_status,
+        bytes=len(got.data),
+        mime=mime,
+        sha256=hashlib.sha256(got.data).hexdigest(),
+    )
+    if mime is None:
+        head = got.data[:32].decode("latin-1").strip()
+        row.update(
+            status=Status.FAILED,
+            reason=Reason.NOT_IMAGE,
+            error=f"body is not an image (starts {head[:24]!r})",
+        )
+        return row
+    row["_data"] = got.data
+    return row
+
+
+class DownloadImages(beam.PTransform):
+    """Pairs -> result rows (ok with `_data`, or failed with a reason), many requests in flight."""
+
+    def __init__(self, cfg: DownloadConfig):
+        super().__init__()
+        self.cfg = cfg
+
+    def expand(self, pairs):
+        fn = ThreadedMapFn(
+            partial(fetch_row, cfg=self.cfg),
+            self.cfg.threads,
+            setup_fn=partial(make_pool, self.cfg),
+            stage="download",
+        )
+        return pairs | "Fetch" >> beam.ParDo(fn)

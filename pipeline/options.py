@@ -1,0 +1,119 @@
+"""Command-line options of `webpairs curate`, as a Beam `PipelineOptions` subclass.
+
+Every Beam flag (`--runner`, `--direct_num_workers`, `--direct_running_mode`, Dataflow's
+`--project/--region/--temp_location/--sdk_container_image`, ...) passes straight through.
+
+    opts = PipelineOptions(argv).view_as(CurateOptions)
+"""
+
+from __future__ import annotations
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipeline.download import DEFAULT_DISALLOWED, DEFAULT_USER_AGENT
+from pipeline.images import OUTPUT_FORMATS, RESIZE_MODES
+from pipeline.read import FORMATS
+
+
+def _csv_list(text: str) -> tuple[str, ...]:
+    return tuple(s.strip() for s in text.split(",") if s.strip())
+
+
+class CurateOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        g = parser.add_argument_group("input")
+        g.add_argument(
+            "--input",
+            dest="input",
+            help="URL list: path, glob or comma-separated list (gs://, s3:// too)",
+        )
+        g.add_argument(
+            "--input-format",
+            dest="input_format",
+            choices=FORMATS,
+            help="default: from the extension",
+        )
+        g.add_argument(
+            "--url-col", dest="url_col", default="url", help="column holding the image URL"
+        )
+        g.add_argument(
+            "--caption-col",
+            dest="caption_col",
+            default="caption",
+            help="caption column ('' for none)",
+        )
+        g.add_argument(
+            "--save-additional-columns",
+            dest="save_additional_columns",
+            type=_csv_list,
+            default=(),
+            help="comma-separated input columns copied into every result row",
+        )
+        g.add_argument("--max-url-length", dest="max_url_length", type=int, default=2048)
+
+        g = parser.add_argument_group("output")
+        g.add_argument("--output", dest="output", help="dataset folder (local, gs://, s3://)")
+        g.add_argument("--samples-per-shard", dest="samples_per_shard", type=int, default=10_000)
+        g.add_argument("--bytes-per-shard", dest="bytes_per_shard", type=int, default=None)
+        g.add_argument(
+            "--overwrite",
+            dest="overwrite",
+            action="store_true",
+            help="replace a finished run in --output",
+        )
+        g.add_argument(
+            "--resume",
+            dest="resume",
+            action="store_true",
+            help="continue an interrupted run in --output",
+        )
+
+        g = parser.add_argument_group("download")
+        g.add_argument(
+            "--threads", dest="threads", type=int, default=64, help="requests in flight per worker"
+        )
+        g.add_argument("--connect-timeout", dest="connect_timeout", type=float, default=10.0)
+        g.add_argument("--read-timeout", dest="read_timeout", type=float, default=10.0)
+        g.add_argument(
+            "--timeout",
+            dest="timeout",
+            type=float,
+            default=30.0,
+            help="total deadline per attempt (s)",
+        )
+        g.add_argument("--retries", dest="retries", type=int, default=2)
+        g.add_argument("--user-agent", dest="user_agent", default=DEFAULT_USER_AGENT)
+        g.add_argument("--user-agent-token", dest="user_agent_token", default="webpairs")
+        g.add_argument("--max-bytes", dest="max_bytes", type=int, default=32 * 1024 * 1024)
+        g.add_argument("--max-redirects", dest="max_redirects", type=int, default=5)
+        g.add_argument(
+            "--disallowed-header-directives",
+            dest="disallowed_header_directives",
+            type=_csv_list,
+            default=DEFAULT_DISALLOWED,
+            help="X-Robots-Tag directives that opt an image out ('' to ignore the header)",
+        )
+
+        g = parser.add_argument_group("images")
+        g.add_argument(
+            "--resize-mode", dest="resize_mode", choices=RESIZE_MODES, default="keep_ratio"
+        )
+        g.add_argument("--image-size", dest="image_size", type=int, default=256)
+        g.add_argument("--resize-only-if-bigger", dest="resize_only_if_bigger", action="store_true")
+        g.add_argument(
+            "--output-format", dest="output_format", choices=tuple(OUTPUT_FORMATS), default="jpg"
+        )
+        g.add_argument("--encode-quality", dest="encode_quality", type=int, default=95)
+        g.add_argument("--max-pixels", dest="max_pixels", type=int, default=89_478_485)
+        g.add_argument("--min-image-size", dest="min_image_size", type=int, default=0)
+        g.add_argument(
+            "--max-aspect-ratio",
+            dest="max_aspect_ratio",
+            type=float,
+            default=None,
+            help="default: no limit",
+        )
+        g.add_argument(
+            "--decode-threads", dest="decode_threads", type=int, default=0, help="0: one per CPU"
+        )

@@ -1,0 +1,200 @@
+"""Writing WebDataset shards: deterministic assignment, sorted members, atomic renames.
+
+    written = ok_rows | "WriteShards" >> WriteShards(ShardConfig(output="out/"))
+    written["rows"], written["shards"]
+
+A sample's shard is a hash of its key modulo a shard count sized from the number (and bytes)
+of samples, so a re-run of the same input writes the same bytes into the same shard names,
+shard sizes differ only by hash noise (no tiny tail shard), and no worker ever needs a
+global list. Each shard is written to a temporary name and renamed, through Beam's
+FileSystems, so a reader never sees half a tar, on local disk, gs:// or s3://.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import tarfile
+import uuid
+from dataclasses import dataclass
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+
+from pipeline.results import rows_to_table
+from schemas import Manifest, ShardEntry, sample_to_members
+
+SHARDS_DIR = "shards"
+MANIFEST_NAME = "manifest.json"
+TAR_MTIME = 0  # fixed, so that re-runs write byte-identical tars
+
+
+@dataclass(frozen=True)
+class ShardConfig:
+    output: str  # dataset folder; shards go to OUTPUT/shards/
+    samples_per_shard: int = 10_000
+    bytes_per_shard: int | None = None  # also cap shards by encoded image bytes
+    extra_fields: tuple[pa.Field, ...] = ()  # pass-through columns for the per-shard parquet
+
+    def __post_init__(self):
+        if self.samples_per_shard < 1:
+            raise ValueError("samples per shard must be positive")
+
+
+def shard_count(n_samples: int, n_bytes: int, cfg: ShardConfig) -> int:
+    """Number of shards: about samples_per_shard each (and under bytes_per_shard)."""
+    by_count = round(n_samples / cfg.samples_per_shard)
+    by_bytes = math.ceil(n_bytes / cfg.bytes_per_shard) if cfg.bytes_per_shard else 0
+    return max(1, by_count, by_bytes)
+
+
+def assign_shard(key: str, num_shards: int) -> int:
+    # Keys are hex digests; their leading 64 bits are uniform.
+    return int(key[:16], 16) % num_shards
+
+
+def shard_name(index: int, num_shards: int) -> str:
+    return str(index).zfill(max(5, len(str(num_shards - 1))))
+
+
+def public_row(row: dict) -> dict:
+    """The row without the bytes and scratch fields that travel with it."""
+    return {k: v for k, v in row.items() if not k.startswith("_")}
+
+
+class _HashingWriter(io.RawIOBase):
+    """Write-through wrapper counting bytes and computing sha256 as a tar streams out."""
+
+    def __init__(self, raw):
+        self.raw, self.sha, self.size = raw, hashlib.sha256(), 0
+
+    def writable(self):
+        return True
+
+    def write(self, b):
+        self.sha.update(b)
+        self.size += len(b)
+        self.raw.write(b)
+        return len(b)
+
+
+def write_tar(samples: list[dict], fileobj) -> tuple[int, str]:
+    """Stream the samples (already sorted) as a tar; -> (bytes written, sha256)."""
+    out = _HashingWriter(fileobj)
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        for row in samples:
+            for member in sample_to_members(
+                row["key"], row["_image"], row["_ext"], row["caption"], public_row(row)
+            ):
+                info = tarfile.TarInfo(member.name)
+                info.size = len(member.data)
+                info.mtime = TAR_MTIME
+                info.mode = 0o644
+                info.uname = info.gname = ""
+                tar.addfile(info, io.BytesIO(member.data))
+    return out.size, out.sha.hexdigest()
+
+
+def _atomic_write(path: str, write) -> object:
+    """Write through FileSystems to a temporary sibling, then rename into place."""
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:12]}"
+    with FileSystems.create(tmp) as f:
+        result = write(f)
+    FileSystems.rename([tmp], [path])
+    return result
+
+
+class _WriteShardFn(beam.DoFn):
+    def __init__(self, cfg: ShardConfig):
+        self.cfg = cfg
+        self.samples = Metrics.counter("write_shards", "samples")
+        self.shards = Metrics.counter("write_shards", "shards")
+        self.bytes = Metrics.counter("write_shards", "bytes")
+
+    def process(self, element, num_shards):
+        index, rows = element
+        name = shard_name(index, num_shards)
+        rows = sorted(rows, key=lambda r: r["key"])
+        for row in rows:
+            row["shard"] = name
+        base = FileSystems.join(self.cfg.output, SHARDS_DIR, name)
+        size, digest = _atomic_write(base + ".tar", lambda f: write_tar(rows, f))
+        table = rows_to_table([public_row(r) for r in rows], self.cfg.extra_fields)
+        _atomic_write(base + ".parquet", lambda f: pq.write_table(table, f))
+        self.samples.inc(len(rows))
+        self.shards.inc()
+        self.bytes.inc(size)
+        yield beam.pvalue.TaggedOutput(
+            "shards",
+            ShardEntry(
+                url=f"{SHARDS_DIR}/{name}.tar",
+                nsamples=len(rows),
+                filesize=size,
+                sha256=digest,
+                parquet=f"{SHARDS_DIR}/{name}.parquet",
+            ),
+        )
+        for row in rows:
+            yield public_row(row)
+
+
+class WriteShards(beam.PTransform):
+    """OK rows with `_image` -> written result rows, and one ShardEntry per shard."""
+
+    def __init__(self, cfg: ShardConfig):
+        super().__init__()
+        self.cfg = cfg
+
+    def expand(self, rows):
+        cfg = self.cfg
+        num_shards = (
+            rows
+            | "SampleSizes" >> beam.Map(lambda r: (1, len(r["_image"])))
+            | "SumSizes" >> beam.CombineGlobally(beam.combiners.TupleCombineFn(sum, sum))
+            | "ShardCount" >> beam.Map(lambda t: shard_count(t[0], t[1], cfg))
+        )
+        written = (
+            rows
+            | "AssignShard"
+            >> beam.Map(
+                lambda r, n: (assign_shard(r["key"], n), r), n=beam.pvalue.AsSingleton(num_shards)
+            )
+            | "GroupByShard" >> beam.GroupByKey()
+            | "WriteShard"
+            >> beam.ParDo(
+                _WriteShardFn(cfg), num_shards=beam.pvalue.AsSingleton(num_shards)
+            ).with_outputs("shards", main="rows")
+        )
+        return {"rows": written.rows, "shards": written.shards}
+
+
+def write_manifest(
+    entries: list[ShardEntry], output: str, options: dict, source: str | None = None
+) -> str:
+    manifest = Manifest(
+        shardlist=sorted(entries, key=lambda e: e.url), options=options, source=source
+    )
+    path = FileSystems.join(output, MANIFEST_NAME)
+    _atomic_write(path, lambda f: f.write(manifest.to_json().encode("utf-8")))
+    return path
+
+
+class WriteManifest(beam.PTransform):
+    """ShardEntry per shard -> OUTPUT/manifest.json (one small file, written once)."""
+
+    def __init__(self, output: str, options: dict, source: str | None = None):
+        super().__init__()
+        self.output, self.options, self.source = output, options, source
+
+    def expand(self, entries):
+        output, options, source = self.output, self.options, self.source
+        return (
+            entries
+            | "CollectEntries" >> beam.combiners.ToList()
+            | "WriteManifestFile"
+            >> beam.Map(write_manifest, output=output, options=options, source=source)
+        )

@@ -1,0 +1,125 @@
+"""The funnel: every input row counted once, by outcome and reason (`OUTPUT/stats.json`).
+
+    stats = {"results": rows, "input_count": n, "shards": entries} | "WriteStats" >> WriteStats("out/")
+
+The driver re-reads stats.json after the run and fails loudly unless
+input == written + Σfailed + Σfiltered + Σduplicate + Σinvalid.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+
+from pipeline.urls import domain_of
+from schemas import Stats, Status
+
+logger = logging.getLogger(__name__)
+STATS_NAME = "stats.json"
+TOP_DOMAINS = 100
+
+
+class CountOutcomesFn(beam.CombineFn):
+    """Result rows -> {(status, reason): count}; small whatever the input size."""
+
+    def create_accumulator(self):
+        return collections.Counter()
+
+    def add_input(self, acc, row):
+        acc[(row["status"], row.get("reason") if row["status"] != Status.OK else None)] += 1
+        return acc
+
+    def merge_accumulators(self, accs):
+        out = collections.Counter()
+        for a in accs:
+            out.update(a)
+        return out
+
+    def extract_output(self, acc):
+        return dict(acc)
+
+
+def build_stats(outcomes: dict, input_count: int, failed_by_domain: list, num_shards: int) -> Stats:
+    stats = Stats(input=input_count, shards=num_shards)
+    for (status, reason), n in sorted(outcomes.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
+        if status == Status.OK:
+            stats.written += n
+        else:
+            bucket = getattr(stats, status)
+            bucket[reason or "unknown"] = bucket.get(reason or "unknown", 0) + n
+    stats.failed_by_domain = {
+        domain: dict(sorted(reasons.items())) for domain, reasons in failed_by_domain
+    }
+    return stats
+
+
+def _write_stats(outcomes, input_count, failed_by_domain, shard_count, output):
+    stats = build_stats(outcomes, input_count, failed_by_domain, shard_count)
+    path = FileSystems.join(output, STATS_NAME)
+    with FileSystems.create(path) as f:
+        f.write(stats.to_json().encode("utf-8"))
+    return path
+
+
+def _domain_total(kv) -> tuple:
+    return (sum(kv[1].values()), kv[0])
+
+
+class WriteStats(beam.PTransform):
+    """{"results", "input_count", "shards"} -> OUTPUT/stats.json."""
+
+    def __init__(self, output: str, top_domains: int = TOP_DOMAINS):
+        super().__init__()
+        self.output, self.top_domains = output, top_domains
+
+    def expand(self, pcolls):
+        results = pcolls["results"]
+        outcomes = results | "CountOutcomes" >> beam.CombineGlobally(CountOutcomesFn())
+        failed_by_domain = (
+            results
+            | "OnlyFailed" >> beam.Filter(lambda r: r["status"] == Status.FAILED)
+            | "DomainReason" >> beam.Map(lambda r: (domain_of(r["url"] or ""), r["reason"]))
+            | "CountReasons" >> beam.combiners.Count.PerElement()
+            | "ByDomain" >> beam.Map(lambda kv: (kv[0][0], (kv[0][1], kv[1])))
+            | "GroupDomain" >> beam.GroupByKey()
+            | "ReasonDict" >> beam.Map(lambda kv: (kv[0], dict(kv[1])))
+            | "TopDomains" >> beam.combiners.Top.Of(self.top_domains, key=_domain_total)
+        )
+        shard_count = pcolls["shards"] | "CountShards" >> beam.combiners.Count.Globally()
+        return outcomes | "WriteStatsFile" >> beam.Map(
+            _write_stats,
+            input_count=beam.pvalue.AsSingleton(pcolls["input_count"]),
+            failed_by_domain=beam.pvalue.AsSingleton(failed_by_domain),
+            shard_count=beam.pvalue.AsSingleton(shard_count),
+            output=self.output,
+        )
+
+
+class LogProgress(beam.DoFn):
+    """Logs a progress line at most every `every` seconds per worker (DirectRunner shows it)."""
+
+    def __init__(self, every: float = 10.0):
+        self.every = every
+
+    def setup(self):
+        self._counts = collections.Counter()
+        self._start = self._last = time.monotonic()
+
+    def process(self, row):
+        self._counts[row["status"]] += 1
+        now = time.monotonic()
+        if now - self._last >= self.every:
+            self._last = now
+            total = sum(self._counts.values())
+            parts = ", ".join(f"{k} {v}" for k, v in sorted(self._counts.items()))
+            logger.info(
+                "progress: %d rows done (%s), %.1f rows/s",
+                total,
+                parts,
+                total / (now - self._start),
+            )
+        yield row
