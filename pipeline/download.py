@@ -31,7 +31,6 @@ from urllib3.exceptions import (
     MaxRetryError,
     NameResolutionError,
     NewConnectionError,
-    ProtocolError,
     ReadTimeoutError,
     SSLError,
 )
@@ -87,8 +86,8 @@ class _Failure(Exception):
 
 
 def make_pool(cfg: DownloadConfig) -> urllib3.PoolManager:
-    # Many hosts, a few connections each; never blocks waiting for a pooled connection.
-    return urllib3.PoolManager(num_pools=256, maxsize=8, block=False, retries=False)
+    # Many hosts; up to one kept-alive connection per thread per host; never blocks on the pool.
+    return urllib3.PoolManager(num_pools=256, maxsize=cfg.threads, block=False, retries=False)
 
 
 def opted_out(header_values: list[str], disallowed: tuple[str, ...], ua_token: str) -> str | None:
@@ -136,19 +135,16 @@ def _classify(exc: BaseException) -> tuple[str, str]:
     detail = f"{type(exc).__name__}: {exc}"
     if isinstance(exc, (NameResolutionError, socket.gaierror)):
         return Reason.DNS, detail
+    # NewConnectionError subclasses ConnectTimeoutError in urllib3 2: test it first.
+    if isinstance(exc, (NewConnectionError, ConnectionRefusedError)):
+        return Reason.CONNECT, detail
     if isinstance(exc, (ConnectTimeoutError, ReadTimeoutError, socket.timeout, TimeoutError)):
         return Reason.TIMEOUT, detail
     if isinstance(exc, (SSLError, ssl.SSLError)):
         return Reason.TLS, detail
-    if isinstance(exc, (NewConnectionError, ConnectionRefusedError)):
-        if "Name or service not known" in str(exc) or "nodename nor servname" in str(exc):
-            return Reason.DNS, detail
-        return Reason.CONNECT, detail
     if isinstance(exc, LocationParseError):
         return Reason.UNPARSABLE_URL, detail
-    if isinstance(exc, ProtocolError):
-        return Reason.NETWORK, detail
-    return Reason.NETWORK, detail
+    return Reason.NETWORK, detail  # ProtocolError (reset, incomplete read) and the rest
 
 
 def _set_read_timeout(resp, seconds: float) -> None:

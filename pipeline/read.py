@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
+from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
@@ -84,10 +85,10 @@ def _columns_of(path: str, fmt: str) -> list[pa.Field]:
     """Columns of one input file, read from its header only."""
     if fmt == "txt":
         return [pa.field("url", pa.string())]
-    with FileSystems.open(path) as f:
-        if fmt == "parquet":
+    if fmt == "parquet":
+        with FileSystems.open(path) as f:
             return list(pq.ParquetFile(f).schema_arrow)
-        text = io.TextIOWrapper(f, encoding="utf-8", errors="replace", newline="")
+    with open_text(path) as text:
         if fmt in ("csv", "tsv"):
             header = next(csv.reader(text, delimiter="," if fmt == "csv" else "\t"), [])
             return [pa.field(name, pa.string()) for name in header]
@@ -232,13 +233,37 @@ def iter_csv_rows(text: io.TextIOBase, delimiter: str):
         yield dict(zip(header, values))
 
 
+class _ByteStream(io.RawIOBase):
+    """Adapts a Beam FileSystems stream (maybe decompressing, without `readable()`) for io.TextIOWrapper."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def readable(self):
+        return True
+
+    def readinto(self, buf):
+        data = self.f.read(len(buf))
+        buf[: len(data)] = data
+        return len(data)
+
+    def close(self):
+        self.f.close()
+        super().close()
+
+
+def open_text(path: str) -> io.TextIOWrapper:
+    """A text stream over any Beam filesystem path, decompressed by its extension."""
+    raw = io.BufferedReader(_ByteStream(FileSystems.open(path)))
+    return io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="")
+
+
 class _ReadCsvFileFn(beam.DoFn):
     def __init__(self, delimiter: str):
         self.delimiter = delimiter
 
     def process(self, readable_file):
-        with FileSystems.open(readable_file.metadata.path) as f:
-            text = io.TextIOWrapper(f, encoding="utf-8", errors="replace", newline="")
+        with open_text(readable_file.metadata.path) as text:
             yield from iter_csv_rows(text, self.delimiter)
 
 
@@ -282,8 +307,8 @@ class ReadRawRows(beam.PTransform):
             elif fmt in ("csv", "tsv"):
                 rows = (
                     pbegin
-                    | f"MatchCsv{i}" >> beam.io.fileio.MatchFiles(pattern)
-                    | f"OpenCsv{i}" >> beam.io.fileio.ReadMatches()
+                    | f"MatchCsv{i}" >> fileio.MatchFiles(pattern)
+                    | f"OpenCsv{i}" >> fileio.ReadMatches()
                     | f"ParseCsv{i}" >> beam.ParDo(_ReadCsvFileFn("," if fmt == "csv" else "\t"))
                 )
             elif fmt == "jsonl":

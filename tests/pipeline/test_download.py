@@ -1,0 +1,100 @@
+"""fetch() against a real loopback server: every failure classified, within its deadline."""
+
+import socket
+import time
+
+import pytest
+
+from pipeline.download import DownloadConfig, fetch, fetch_row, make_pool, opted_out
+
+CFG = DownloadConfig(
+    deadline=2.0, read_timeout=1.0, connect_timeout=1.0, retries=1, backoff=0.05, max_bytes=1 << 20
+)
+
+
+@pytest.fixture(scope="module")
+def http():
+    return make_pool(CFG)
+
+
+@pytest.mark.parametrize(
+    ("path", "reason"),
+    [
+        ("/missing.jpg", "http_404"),
+        ("/always500/a.jpg", "http_503"),
+        ("/big.jpg", "too_large"),
+        ("/big-chunked.jpg", "too_large"),
+        ("/loop", "too_many_redirects"),
+        ("/noai.jpg", "opted_out"),
+    ],
+)
+def test_failures_are_classified(site, http, path, reason):
+    got = fetch(site.url(path), CFG, http)
+    assert not got.ok and got.reason == reason and got.error
+
+
+def test_trickling_server_cannot_extend_the_deadline(site, http):
+    cfg = DownloadConfig(deadline=1.5, read_timeout=1.0, retries=0)
+    start = time.monotonic()
+    got = fetch(site.url("/slow.jpg"), cfg, http)
+    assert got.reason == "timeout"
+    assert time.monotonic() - start < cfg.deadline + 0.5  # bytes arrive every 0.5 s, forever
+
+
+def test_retry_recovers_from_one_500(site, http):
+    got = fetch(site.url("/flaky/x.jpg"), CFG, http)
+    assert got.ok and got.http_status == 200 and site.hits["/flaky/x.jpg"] == 2
+
+
+def test_retry_after_is_honoured(site, http):
+    start = time.monotonic()
+    got = fetch(site.url("/ratelimited.jpg"), DownloadConfig(retries=1, backoff=0.01), http)
+    assert got.ok and time.monotonic() - start >= 0.9  # Retry-After: 1
+
+
+def test_redirect_is_followed(site, http):
+    got = fetch(site.url("/redirect.jpg"), CFG, http)
+    assert got.ok and got.final_url.endswith("/img/coffee.jpg")
+
+
+def test_connection_refused_is_connect(http):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there now
+    got = fetch(f"http://127.0.0.1:{port}/a.jpg", DownloadConfig(retries=0), http)
+    assert got.reason == "connect"
+
+
+def test_html_served_as_jpeg_is_not_an_image(site, http):
+    row = fetch_row({"url": site.url("/html.jpg"), "caption": "x", "key": "k"}, http, CFG)
+    assert (row["status"], row["reason"]) == ("failed", "not_image")
+
+
+def test_ok_row_carries_bytes_and_hash(site, http):
+    row = fetch_row({"url": site.url("/img/coffee.jpg"), "caption": "c", "key": "k"}, http, CFG)
+    assert row["status"] == "ok" and row["mime"] == "image/jpeg"
+    assert row["bytes"] == len(row["_data"]) == len(site.files["/img/coffee.jpg"][0])
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        (["noai"], "noai"),
+        (["noindex, nofollow"], "noindex"),
+        (["otherbot: noai"], None),  # addressed to another crawler
+        (["webpairs: noimageai"], "noimageai"),
+        (["WebPairs: NoAI"], "noai"),
+        (["all"], None),
+        (["unavailable_after: 25 Jun 2010 15:00:00 PST"], None),
+        ([], None),
+    ],
+)
+def test_x_robots_tag(headers, expected):
+    assert (
+        opted_out(headers, ("noai", "noimageai", "noindex", "noimageindex"), "webpairs") == expected
+    )
+
+
+def test_x_robots_tag_can_be_ignored():
+    assert opted_out(["noai"], (), "webpairs") is None
