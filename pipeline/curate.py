@@ -18,13 +18,22 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipeline.dedupe import DedupeUrls
+from pipeline.dedupe import DedupeUrls, ResolveChains
 from pipeline.download import DownloadConfig, DownloadImages
 from pipeline.images import DecodeResize, ImageConfig
 from pipeline.options import CurateOptions
 from pipeline.read import InputError, ReadConfig, ReadPairs, resolve
+from pipeline.recipe import Recipe, load_recipe
 from pipeline.results import parquet_schema
-from pipeline.shards import MANIFEST_NAME, SHARDS_DIR, ShardConfig, WriteManifest, WriteShards
+from pipeline.shards import (
+    MANIFEST_NAME,
+    SHARDS_DIR,
+    ShardConfig,
+    WriteManifest,
+    WriteShards,
+    light_row,
+    public_row,
+)
 from pipeline.stats import STATS_NAME, LogProgress, WriteStats
 from schemas import Stats, StatsMismatchError, Status
 
@@ -42,6 +51,7 @@ class CurateConfig:
     image: ImageConfig
     shards: ShardConfig
     output: str
+    recipe: Recipe = Recipe()
     overwrite: bool = False
     resume: bool = False
 
@@ -96,7 +106,23 @@ def config_from_options(opts: CurateOptions) -> CurateConfig:
         samples_per_shard=opts.samples_per_shard,
         bytes_per_shard=opts.bytes_per_shard,
     )
-    return CurateConfig(read, download, image, shards, opts.output, opts.overwrite, opts.resume)
+    recipe = load_recipe(opts.recipe)
+    if opts.stages is not None:
+        recipe = replace(recipe, stages=tuple(opts.stages))
+    if opts.near_dup_threshold is not None:
+        recipe = replace(
+            recipe, near_dedupe=replace(recipe.near_dedupe, threshold=opts.near_dup_threshold)
+        )
+    return CurateConfig(
+        read=read,
+        download=download,
+        image=image,
+        shards=shards,
+        output=opts.output,
+        recipe=recipe,
+        overwrite=opts.overwrite,
+        resume=opts.resume,
+    )
 
 
 def build(p: beam.Pipeline, cfg: CurateConfig, options_record: dict) -> None:
@@ -115,11 +141,28 @@ def build(p: beam.Pipeline, cfg: CurateConfig, options_record: dict) -> None:
     not_ok = (
         images
         | "NotOk" >> beam.Filter(lambda r: r["status"] != Status.OK)
-        | "DropBytes" >> beam.Map(lambda r: {k: v for k, v in r.items() if not k.startswith("_")})
+        | "DropBytes" >> beam.Map(public_row)
     )
-    written = ok | "WriteShards" >> WriteShards(shards_cfg)
+    light = ok | "LightRows" >> beam.Map(light_row)
+    removed = []
+    for stage in cfg.recipe.stages:
+        curated = light | f"Curate:{stage}" >> cfg.recipe.transform(stage)
+        light = curated["kept"]
+        removed.append(curated["removed"])
+    if not removed:
+        removed.append(p | "NoDecisions" >> beam.Create([]))
+    # A survivor of one stage may be removed by a later one: name the final survivor.
+    decisions = removed | "AllDecisions" >> beam.Flatten() | "ResolveSurvivors" >> ResolveChains()
+    written = {"rows": ok, "survivors": light, "removed": decisions} | "WriteShards" >> WriteShards(
+        shards_cfg
+    )
 
-    rejects = (not_ok, deduped["duplicates"], read["invalid"]) | "AllRejects" >> beam.Flatten()
+    rejects = (
+        not_ok,
+        written["removed"],
+        deduped["duplicates"],
+        read["invalid"],
+    ) | "AllRejects" >> beam.Flatten()
     results = (
         (written["rows"], rejects)
         | "AllResults" >> beam.Flatten()

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 import apache_beam as beam
+import numpy as np
 from apache_beam.metrics import Metrics
 
-from pipeline.results import result_row
+from pipeline.results import decision, result_row
 from schemas import Reason, Status
+from schemas.imagehash import hamming_matrix, phash_bands
 
 
 def survivor_order(pair: dict) -> tuple:
@@ -79,3 +82,220 @@ class DedupeUrls(beam.PTransform):
             >> beam.ParDo(_PickSurvivorFn()).with_outputs("duplicates", main="unique")
         )
         return {"unique": out.unique, "duplicates": out.duplicates}
+
+
+# ---------------------------------------------------------------------------------------------
+# Image dedupe. Stages take light rows (result rows without image bytes) and return
+# {"kept": light rows, "removed": decisions}; the bytes only meet the decisions when shards
+# are written, so no image is shuffled for deduplication.
+
+
+def image_survivor_order(row: dict) -> tuple:
+    """Best copy first: most original pixels, then a caption with more words, then the key."""
+    pixels = (row.get("original_width") or 0) * (row.get("original_height") or 0)
+    words = len((row.get("caption") or "").split())
+    return (-pixels, -min(words, 32), row["key"])
+
+
+def exact_duplicate_decisions(rows: Iterable[dict]) -> Iterator[dict]:
+    """Rows sharing decoded pixels -> a decision for every row but the best.
+
+    Two passes over `rows` (a re-iterable Beam group), so a placeholder image repeated a
+    million times is never held as a list.
+    """
+    best = min(rows, key=image_survivor_order)
+    for row in rows:
+        if row["key"] != best["key"]:
+            same_bytes = row.get("sha256") is not None and row.get("sha256") == best.get("sha256")
+            detail = "identical bytes" if same_bytes else "identical decoded pixels"
+            yield decision(
+                row["key"], Status.DUPLICATE, Reason.DUPLICATE_IMAGE, best["key"], detail
+            )
+
+
+def near_duplicate_pairs(
+    items: list[tuple[str, str, tuple]], threshold: int
+) -> list[tuple[str, str, tuple]]:
+    """Items (key, phash, order) of one LSH bucket -> (loser, survivor key, survivor order).
+
+    Pairs within `threshold` bits are joined (union-find); each connected group keeps its
+    best item by `order`.
+    """
+    n = len(items)
+    if n < 2:
+        return []
+    dist = hamming_matrix([h for _, h, _ in items])
+    parent = list(range(n))
+
+    def find(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    rows, cols = np.nonzero(np.triu(dist <= threshold, k=1))
+    for i, j in zip(rows.tolist(), cols.tolist()):
+        ri, rj = find(i), find(j)
+        if ri != rj:
+            parent[ri] = rj
+    best: dict[int, int] = {}
+    for i in range(n):
+        r = find(i)
+        if r not in best or items[i][2] < items[best[r]][2]:
+            best[r] = i
+    out = []
+    for i in range(n):
+        b = best[find(i)]
+        if b != i:
+            out.append((items[i][0], items[b][0], items[b][2]))
+    return out
+
+
+class _NearDupBucketFn(beam.DoFn):
+    def __init__(self, threshold: int, max_bucket: int):
+        self.threshold, self.max_bucket = threshold, max_bucket
+        self.oversized = Metrics.counter("near_dedupe", "oversized_buckets")
+
+    def process(self, element):
+        _, items = element
+        items = sorted(items, key=lambda it: it[1])  # by phash: chunks of a huge bucket stay local
+        if len(items) > self.max_bucket:
+            self.oversized.inc()
+        for start in range(0, len(items), self.max_bucket):
+            for loser, survivor, order in near_duplicate_pairs(
+                items[start : start + self.max_bucket], self.threshold
+            ):
+                yield loser, (order, survivor)
+
+
+def _follow_once(element):
+    """Pointer jumping. (K, {"in": decisions naming K as survivor, "out": K's own target})."""
+    key, groups = element
+    outs = list(groups["out"])
+    for d in groups["in"]:
+        if outs and outs[0] != d["key"]:
+            d = {**d, "duplicate_of": outs[0]}
+        yield d
+
+
+class ResolveChains(beam.PTransform):
+    """Decisions whose `duplicate_of` may itself have been removed as a duplicate -> decisions
+    naming the final survivor (each round halves the longest chain; 3 rounds follow 8 links).
+    Decisions without `duplicate_of` pass through."""
+
+    def __init__(self, rounds: int = 3):
+        super().__init__()
+        self.rounds = rounds
+
+    def expand(self, decisions):
+        for r in range(self.rounds):
+            ins = decisions | f"ByTarget{r}" >> beam.Map(lambda d: (d["duplicate_of"] or "", d))
+            outs = (
+                decisions
+                | f"OnlyDuplicates{r}" >> beam.Filter(lambda d: d["duplicate_of"] is not None)
+                | f"ByLoser{r}" >> beam.Map(lambda d: (d["key"], d["duplicate_of"]))
+            )
+            decisions = (
+                {"in": ins, "out": outs}
+                | f"Join{r}" >> beam.CoGroupByKey()
+                | f"Follow{r}" >> beam.FlatMap(_follow_once)
+            )
+        return decisions
+
+
+class _DropRemovedFn(beam.DoFn):
+    def process(self, element):
+        _, groups = element
+        if not list(groups["removed"]):
+            yield from groups["light"]
+
+
+class DropRemoved(beam.PTransform):
+    """{"light": rows, "removed": decisions} -> the rows without a decision (a join by key)."""
+
+    def expand(self, pcolls):
+        return (
+            {
+                "light": pcolls["light"] | "KeyLight" >> beam.Map(lambda r: (r["key"], r)),
+                "removed": pcolls["removed"] | "KeyRemoved" >> beam.Map(lambda d: (d["key"], 1)),
+            }
+            | "JoinByKey" >> beam.CoGroupByKey()
+            | "KeepUnremoved" >> beam.ParDo(_DropRemovedFn())
+        )
+
+
+@dataclass(frozen=True)
+class ExactDedupeConfig:
+    captions: str = (
+        "keep_best"  # keep_best: one pair per image; keep_all: one pair per (image, caption)
+    )
+
+
+class ExactDedupe(beam.PTransform):
+    """Same decoded pixels (re-encoded losslessly, or the same file under another URL) -> one survivor."""
+
+    def __init__(self, cfg: ExactDedupeConfig = ExactDedupeConfig()):
+        super().__init__()
+        self.cfg = cfg
+
+    def expand(self, light):
+        by_caption = self.cfg.captions == "keep_all"
+        removed = (
+            light
+            | "KeyByPixels"
+            >> beam.Map(lambda r: ((r["pixel_hash"], r["caption"] if by_caption else None), r))
+            | "GroupByPixels" >> beam.GroupByKey()
+            | "Decide" >> beam.FlatMap(lambda kv: exact_duplicate_decisions(kv[1]))
+        )
+        kept = {"light": light, "removed": removed} | "DropRemoved" >> DropRemoved()
+        return {"kept": kept, "removed": removed}
+
+
+@dataclass(frozen=True)
+class NearDedupeConfig:
+    threshold: int = (
+        12  # max Hamming distance between 64-bit phashes (chosen on the planted set, see tests)
+    )
+    bands: int = 13  # LSH bands; pairs within bands-1 bits always share a band (pigeonhole)
+    max_bucket: int = 4096  # larger buckets are compared in sorted chunks of this size
+    chain_rounds: int = 3  # pointer-jumping rounds that make duplicate_of name the survivor
+
+
+class NearDedupe(beam.PTransform):
+    """Perceptual-hash near duplicates (resized, re-compressed, cropped, colour-shifted) -> one survivor."""
+
+    def __init__(self, cfg: NearDedupeConfig = NearDedupeConfig()):
+        super().__init__()
+        self.cfg = cfg
+
+    def expand(self, light):
+        cfg = self.cfg
+        proposals = (
+            light
+            | "Bands"
+            >> beam.FlatMap(
+                lambda r: [
+                    ((b, v), (r["key"], r["phash"], image_survivor_order(r)))
+                    for b, v in phash_bands(r["phash"], cfg.bands)
+                ]
+            )
+            | "GroupByBand" >> beam.GroupByKey()
+            | "CompareInBucket" >> beam.ParDo(_NearDupBucketFn(cfg.threshold, cfg.max_bucket))
+            | "BestPerLoser" >> beam.CombinePerKey(min)
+        )
+        removed = (
+            proposals
+            | "Decisions"
+            >> beam.Map(
+                lambda kv: decision(
+                    kv[0],
+                    Status.DUPLICATE,
+                    Reason.NEAR_DUPLICATE,
+                    kv[1][1],
+                    f"phash within {cfg.threshold} bits",
+                )
+            )
+            | "ResolveChains" >> ResolveChains(cfg.chain_rounds)
+        )
+        kept = {"light": light, "removed": removed} | "DropRemoved" >> DropRemoved()
+        return {"kept": kept, "removed": removed}

@@ -28,6 +28,7 @@ from PIL import Image, ImageOps
 
 from pipeline.concurrency import ThreadedMapFn
 from schemas import Reason, Status
+from schemas.imagehash import phash, pixel_hash
 
 RESIZE_MODES = ("no", "keep_ratio", "keep_ratio_largest", "center_crop", "border")
 OUTPUT_FORMATS = {"jpg": "JPEG", "webp": "WEBP", "png": "PNG"}
@@ -97,6 +98,8 @@ class DecodedImage:
     height: int
     original_width: int
     original_height: int
+    pixel_hash: str | None = None  # of the image as written (schemas.imagehash)
+    phash: str | None = None
 
 
 def target_size(width: int, height: int, cfg: ImageConfig) -> tuple[int, int]:
@@ -168,8 +171,11 @@ def decode_and_resize(data: bytes, cfg: ImageConfig) -> DecodedImage:
                 and source_format == OUTPUT_FORMATS[cfg.output_format]
                 and not swaps
             ) and (im.mode == "RGB" or (source_format == "JPEG" and im.mode == "L")):
-                im.verify()  # reject truncated files even when the bytes are kept
-                return DecodedImage(data, cfg.output_format, ow, oh, ow, oh)
+                im.load()  # reject truncated files even when the bytes are kept
+                rgb = _to_rgb(im, cfg.background)
+                return DecodedImage(
+                    data, cfg.output_format, ow, oh, ow, oh, pixel_hash(rgb), phash(rgb)
+                )
             if source_format == "JPEG" and (tw, th) != (ow, oh):
                 # Decode at the smallest power-of-two scale that still covers the target.
                 im.draft("RGB", (th, tw) if swaps else (tw, th))
@@ -177,7 +183,16 @@ def decode_and_resize(data: bytes, cfg: ImageConfig) -> DecodedImage:
             im = ImageOps.exif_transpose(im)
             im = _to_rgb(im, cfg.background)
             im = _resize(im, tw, th, cfg)
-            return DecodedImage(_encode(im, cfg), cfg.output_format, im.width, im.height, ow, oh)
+            return DecodedImage(
+                _encode(im, cfg),
+                cfg.output_format,
+                im.width,
+                im.height,
+                ow,
+                oh,
+                pixel_hash(im),
+                phash(im),
+            )
     except ImageError:
         raise
     except Image.DecompressionBombError as e:
@@ -223,6 +238,8 @@ def decode_row(row: dict, cfg: ImageConfig) -> dict:
         original_height=out.original_height,
         width=out.width,
         height=out.height,
+        pixel_hash=out.pixel_hash,
+        phash=out.phash,
     )
     row["_image"] = out.data
     row["_ext"] = out.ext

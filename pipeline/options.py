@@ -95,6 +95,22 @@ class CurateOptions(PipelineOptions):
             help="X-Robots-Tag directives that opt an image out ('' to ignore the header)",
         )
 
+        g = parser.add_argument_group("curation")
+        g.add_argument(
+            "--recipe",
+            dest="recipe",
+            default="default",
+            help="preset name or JSON/YAML recipe file",
+        )
+        g.add_argument(
+            "--stages",
+            dest="stages",
+            type=_csv_list,
+            default=None,
+            help="override the recipe's stage order, comma-separated",
+        )
+        g.add_argument("--near-dup-threshold", dest="near_dup_threshold", type=int, default=None)
+
         g = parser.add_argument_group("images")
         g.add_argument(
             "--resize-mode", dest="resize_mode", choices=RESIZE_MODES, default="keep_ratio"

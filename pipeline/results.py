@@ -36,3 +36,16 @@ def rows_to_table(rows: list[dict], extra: list[pa.Field] | tuple[pa.Field, ...]
 
 def parquet_schema(extra: list[pa.Field] | tuple[pa.Field, ...] = ()) -> pa.Schema:
     return result_schema(extra)
+
+
+def decision(
+    key: str, status: str, reason: str, duplicate_of: str | None = None, error: str | None = None
+) -> dict:
+    """What a curation stage decided about one sample: applied to its row when shards are written."""
+    return {
+        "key": key,
+        "status": status,
+        "reason": reason,
+        "duplicate_of": duplicate_of,
+        "error": error,
+    }

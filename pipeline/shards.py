@@ -17,6 +17,7 @@ import io
 import math
 import tarfile
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import apache_beam as beam
@@ -108,6 +109,29 @@ def _atomic_write(path: str, write) -> object:
     return result
 
 
+def apply_decisions(
+    rows: Iterable[dict], decisions: Iterable[dict]
+) -> tuple[list[dict], list[dict]]:
+    """Rows of one shard and the curation decisions about them -> (kept rows sorted by key, removed rows)."""
+    removed_by_key = {d["key"]: d for d in decisions}
+    kept, removed = [], []
+    for row in rows:
+        d = removed_by_key.get(row["key"])
+        if d is None:
+            kept.append(row)
+        else:
+            out = public_row(row)
+            out.update(
+                status=d["status"],
+                reason=d["reason"],
+                duplicate_of=d["duplicate_of"],
+                error=d["error"],
+            )
+            removed.append(out)
+    kept.sort(key=lambda r: r["key"])
+    return kept, removed
+
+
 class _WriteShardFn(beam.DoFn):
     def __init__(self, cfg: ShardConfig):
         self.cfg = cfg
@@ -116,9 +140,13 @@ class _WriteShardFn(beam.DoFn):
         self.bytes = Metrics.counter("write_shards", "bytes")
 
     def process(self, element, num_shards):
-        index, rows = element
+        index, groups = element
+        rows, removed = apply_decisions(groups["rows"], groups["removed"])
+        for row in removed:
+            yield beam.pvalue.TaggedOutput("removed", row)
+        if not rows:
+            return
         name = shard_name(index, num_shards)
-        rows = sorted(rows, key=lambda r: r["key"])
         for row in rows:
             row["shard"] = name
         base = FileSystems.join(self.cfg.output, SHARDS_DIR, name)
@@ -142,34 +170,50 @@ class _WriteShardFn(beam.DoFn):
             yield public_row(row)
 
 
+def light_row(row: dict) -> dict:
+    """What curation stages see of a sample: its result row and the size of its image, no bytes."""
+    light = public_row(row)
+    light["_nbytes"] = len(row["_image"])
+    return light
+
+
 class WriteShards(beam.PTransform):
-    """OK rows with `_image` -> written result rows, and one ShardEntry per shard."""
+    """{"rows": ok rows with `_image`, "survivors": their light rows kept by curation,
+    "removed": curation decisions} -> {"rows": written rows, "removed": removed rows,
+    "shards": one ShardEntry per shard}.
+
+    Image bytes are shuffled once, here: the decisions are grouped with the rows of their
+    shard, and a shard's count is sized from the survivors.
+    """
 
     def __init__(self, cfg: ShardConfig):
         super().__init__()
         self.cfg = cfg
 
-    def expand(self, rows):
+    def expand(self, pcolls):
         cfg = self.cfg
-        num_shards = (
-            rows
-            | "SampleSizes" >> beam.Map(lambda r: (1, len(r["_image"])))
+        num_shards = beam.pvalue.AsSingleton(
+            pcolls["survivors"]
+            | "SampleSizes" >> beam.Map(lambda r: (1, r["_nbytes"]))
             | "SumSizes" >> beam.CombineGlobally(beam.combiners.TupleCombineFn(sum, sum))
             | "ShardCount" >> beam.Map(lambda t: shard_count(t[0], t[1], cfg))
         )
+        keyed = {
+            "rows": pcolls["rows"]
+            | "ShardOfRow" >> beam.Map(lambda r, n: (assign_shard(r["key"], n), r), n=num_shards),
+            "removed": pcolls["removed"]
+            | "ShardOfDecision"
+            >> beam.Map(lambda d, n: (assign_shard(d["key"], n), d), n=num_shards),
+        }
         written = (
-            rows
-            | "AssignShard"
-            >> beam.Map(
-                lambda r, n: (assign_shard(r["key"], n), r), n=beam.pvalue.AsSingleton(num_shards)
-            )
-            | "GroupByShard" >> beam.GroupByKey()
+            keyed
+            | "GroupByShard" >> beam.CoGroupByKey()
             | "WriteShard"
-            >> beam.ParDo(
-                _WriteShardFn(cfg), num_shards=beam.pvalue.AsSingleton(num_shards)
-            ).with_outputs("shards", main="rows")
+            >> beam.ParDo(_WriteShardFn(cfg), num_shards=num_shards).with_outputs(
+                "shards", "removed", main="rows"
+            )
         )
-        return {"rows": written.rows, "shards": written.shards}
+        return {"rows": written.rows, "removed": written.removed, "shards": written.shards}
 
 
 def write_manifest(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-RESULT_SCHEMA_VERSION = 1
+RESULT_SCHEMA_VERSION = 2
 
 
 class Status:
@@ -49,8 +49,22 @@ class Reason:
     # filters
     TOO_SMALL = "too_small"
     ASPECT_RATIO = "aspect_ratio"
+    # filters (curation)
+    TOO_FEW_PIXELS = "too_few_pixels"
+    MISSING_CAPTION = "missing_caption"
+    CAPTION_TOO_SHORT = "caption_too_short"
+    CAPTION_TOO_LONG = "caption_too_long"
+    TOO_FEW_WORDS = "too_few_words"
+    TOO_MANY_WORDS = "too_many_words"
+    LANGUAGE = "language"
+    BLOCKLIST = "blocklist"
+    BOILERPLATE_CAPTION = "boilerplate_caption"
+    CONTAMINATED = "contaminated"
     # duplicates
     DUPLICATE_URL = "duplicate_url"
+    DUPLICATE_IMAGE = "duplicate_image"  # same decoded pixels (or bytes)
+    NEAR_DUPLICATE = "near_duplicate"  # perceptual hash within the threshold
+    DUPLICATE_CAPTION = "duplicate_caption"  # near-identical caption (MinHash)
 
     TRANSIENT = frozenset({DNS, CONNECT, TIMEOUT, NETWORK})
 
@@ -95,6 +109,9 @@ RESULT_FIELDS = (
     pa.field("mime", pa.string()),  # sniffed from the bytes, not the header
     pa.field("sha256", pa.string()),  # of the downloaded original bytes
     pa.field("shard", pa.string()),  # shard name, e.g. "00012", when written
+    pa.field("pixel_hash", pa.string()),  # schemas.imagehash.pixel_hash of the written image
+    pa.field("phash", pa.string()),  # schemas.imagehash.phash, 16 hex digits
+    pa.field("language", pa.string()),  # ISO 639-1 code of the caption, when detected
 )
 
 RESULT_FIELD_NAMES = tuple(f.name for f in RESULT_FIELDS)

@@ -109,7 +109,7 @@ def _make_handler(site: Site):
                 site.hits[path] = site.hits.get(path, 0) + 1
                 hits = site.hits[path]
                 site.log.append((time.monotonic(), self.path))
-            jpeg = site.files["/img/chelsea.jpg"][0]
+            jpeg = site.files.get("/img/chelsea.jpg", next(iter(site.files.values())))[0]
             if path in site.files:
                 body, ctype = site.files[path]
                 return self._send(200, body, ctype)
