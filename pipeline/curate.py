@@ -18,12 +18,13 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from pipeline.captions import AnnotateCaptions
 from pipeline.dedupe import DedupeUrls, ResolveChains
 from pipeline.download import DownloadConfig, DownloadImages
 from pipeline.images import DecodeResize, ImageConfig
 from pipeline.options import CurateOptions
 from pipeline.read import InputError, ReadConfig, ReadPairs, resolve
-from pipeline.recipe import Recipe, load_recipe
+from pipeline.recipe import Recipe, load_recipe, with_overrides
 from pipeline.results import parquet_schema
 from pipeline.shards import (
     MANIFEST_NAME,
@@ -106,13 +107,15 @@ def config_from_options(opts: CurateOptions) -> CurateConfig:
         samples_per_shard=opts.samples_per_shard,
         bytes_per_shard=opts.bytes_per_shard,
     )
-    recipe = load_recipe(opts.recipe)
-    if opts.stages is not None:
-        recipe = replace(recipe, stages=tuple(opts.stages))
-    if opts.near_dup_threshold is not None:
-        recipe = replace(
-            recipe, near_dedupe=replace(recipe.near_dedupe, threshold=opts.near_dup_threshold)
-        )
+    recipe = with_overrides(
+        load_recipe(opts.recipe),
+        stages=opts.stages,
+        near_dup_threshold=opts.near_dup_threshold,
+        languages=opts.languages,
+        blocklist=opts.blocklist,
+        clean_captions=opts.clean_captions,
+        decontaminate=opts.decontaminate,
+    )
     return CurateConfig(
         read=read,
         download=download,
@@ -143,10 +146,14 @@ def build(p: beam.Pipeline, cfg: CurateConfig, options_record: dict) -> None:
         | "NotOk" >> beam.Filter(lambda r: r["status"] != Status.OK)
         | "DropBytes" >> beam.Map(public_row)
     )
+    recipe = cfg.recipe
+    if recipe.captions.clean or recipe.detects_language:
+        captions = replace(recipe.captions, detect_language=recipe.detects_language)
+        ok = ok | "AnnotateCaptions" >> AnnotateCaptions(captions)
     light = ok | "LightRows" >> beam.Map(light_row)
     removed = []
-    for stage in cfg.recipe.stages:
-        curated = light | f"Curate:{stage}" >> cfg.recipe.transform(stage)
+    for stage in recipe.stages:
+        curated = light | f"Curate:{stage}" >> recipe.transform(stage, cfg.output)
         light = curated["kept"]
         removed.append(curated["removed"])
     if not removed:

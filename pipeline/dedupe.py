@@ -113,18 +113,12 @@ def exact_duplicate_decisions(rows: Iterable[dict]) -> Iterator[dict]:
             )
 
 
-def near_duplicate_pairs(
-    items: list[tuple[str, str, tuple]], threshold: int
+def cluster_losers(
+    keys: list[str], orders: list[tuple], adjacent: np.ndarray
 ) -> list[tuple[str, str, tuple]]:
-    """Items (key, phash, order) of one LSH bucket -> (loser, survivor key, survivor order).
-
-    Pairs within `threshold` bits are joined (union-find); each connected group keeps its
-    best item by `order`.
-    """
-    n = len(items)
-    if n < 2:
-        return []
-    dist = hamming_matrix([h for _, h, _ in items])
+    """Union-find over the pairs marked in `adjacent` (n, n) -> (loser, survivor key, survivor
+    order) for every item that is not the best (smallest order) of its connected group."""
+    n = len(keys)
     parent = list(range(n))
 
     def find(i):
@@ -133,7 +127,7 @@ def near_duplicate_pairs(
             i = parent[i]
         return i
 
-    rows, cols = np.nonzero(np.triu(dist <= threshold, k=1))
+    rows, cols = np.nonzero(np.triu(adjacent, k=1))
     for i, j in zip(rows.tolist(), cols.tolist()):
         ri, rj = find(i), find(j)
         if ri != rj:
@@ -141,28 +135,41 @@ def near_duplicate_pairs(
     best: dict[int, int] = {}
     for i in range(n):
         r = find(i)
-        if r not in best or items[i][2] < items[best[r]][2]:
+        if r not in best or orders[i] < orders[best[r]]:
             best[r] = i
     out = []
     for i in range(n):
         b = best[find(i)]
         if b != i:
-            out.append((items[i][0], items[b][0], items[b][2]))
+            out.append((keys[i], keys[b], orders[b]))
     return out
 
 
-class _NearDupBucketFn(beam.DoFn):
-    def __init__(self, threshold: int, max_bucket: int):
-        self.threshold, self.max_bucket = threshold, max_bucket
-        self.oversized = Metrics.counter("near_dedupe", "oversized_buckets")
+def near_duplicate_pairs(
+    items: list[tuple[str, str, tuple]], threshold: int
+) -> list[tuple[str, str, tuple]]:
+    """Items (key, phash, order) of one LSH bucket -> (loser, survivor key, survivor order):
+    pairs within `threshold` bits are joined; each connected group keeps its best item."""
+    if len(items) < 2:
+        return []
+    adjacent = hamming_matrix([h for _, h, _ in items]) <= threshold
+    return cluster_losers([k for k, _, _ in items], [o for _, _, o in items], adjacent)
+
+
+class _CompareBucketFn(beam.DoFn):
+    """(bucket, items) -> (loser, (survivor order, survivor)) from `pairs_fn(items, threshold)`."""
+
+    def __init__(self, pairs_fn, threshold, max_bucket: int, stage: str):
+        self.pairs_fn, self.threshold, self.max_bucket = pairs_fn, threshold, max_bucket
+        self.oversized = Metrics.counter(stage, "oversized_buckets")
 
     def process(self, element):
         _, items = element
-        items = sorted(items, key=lambda it: it[1])  # by phash: chunks of a huge bucket stay local
+        items = sorted(items, key=lambda it: it[1])  # by hash: chunks of a huge bucket stay local
         if len(items) > self.max_bucket:
             self.oversized.inc()
         for start in range(0, len(items), self.max_bucket):
-            for loser, survivor, order in near_duplicate_pairs(
+            for loser, survivor, order in self.pairs_fn(
                 items[start : start + self.max_bucket], self.threshold
             ):
                 yield loser, (order, survivor)
@@ -280,7 +287,10 @@ class NearDedupe(beam.PTransform):
                 ]
             )
             | "GroupByBand" >> beam.GroupByKey()
-            | "CompareInBucket" >> beam.ParDo(_NearDupBucketFn(cfg.threshold, cfg.max_bucket))
+            | "CompareInBucket"
+            >> beam.ParDo(
+                _CompareBucketFn(near_duplicate_pairs, cfg.threshold, cfg.max_bucket, "near_dedupe")
+            )
             | "BestPerLoser" >> beam.CombinePerKey(min)
         )
         removed = (
@@ -296,6 +306,95 @@ class NearDedupe(beam.PTransform):
                 )
             )
             | "ResolveChains" >> ResolveChains(cfg.chain_rounds)
+        )
+        kept = {"light": light, "removed": removed} | "DropRemoved" >> DropRemoved()
+        return {"kept": kept, "removed": removed}
+
+
+# ---------------------------------------------------------------------------------------------
+# Caption near-dedupe: MinHash over character 5-grams, LSH over signature bands.
+
+
+def caption_shingles(caption: str | None, k: int = 5) -> set[str]:
+    text = " ".join((caption or "").casefold().split())
+    if len(text) <= k:
+        return {text} if text else set()
+    return {text[i : i + k] for i in range(len(text) - k + 1)}
+
+
+def minhash_signature(caption: str | None, num_perm: int, seed: int = 1) -> tuple[int, ...]:
+    from datasketch import MinHash
+
+    m = MinHash(num_perm=num_perm, seed=seed)
+    for s in caption_shingles(caption):
+        m.update(s.encode("utf-8"))
+    return tuple(int(v) for v in m.hashvalues)
+
+
+def caption_duplicate_pairs(
+    items: list[tuple[str, tuple, tuple]], threshold: float
+) -> list[tuple[str, str, tuple]]:
+    """Items (key, signature, order) of one bucket -> losers whose estimated Jaccard >= threshold."""
+    if len(items) < 2:
+        return []
+    sig = np.array([s for _, s, _ in items], dtype=np.uint64)  # (n, num_perm)
+    similarity = (sig[:, None, :] == sig[None, :, :]).mean(axis=-1)  # (n, n)
+    return cluster_losers(
+        [k for k, _, _ in items], [o for _, _, o in items], similarity >= threshold
+    )
+
+
+@dataclass(frozen=True)
+class CaptionDedupeConfig:
+    threshold: float = 0.8  # estimated Jaccard similarity of caption 5-gram sets
+    num_perm: int = 64
+    bands: int = 16  # num_perm / bands rows per band: the S-curve bends near (1/bands)^(rows/1)
+    max_bucket: int = 4096
+
+
+class CaptionDedupe(beam.PTransform):
+    """Near-identical captions (boilerplate product titles, templated alt-text) -> one survivor."""
+
+    def __init__(self, cfg: CaptionDedupeConfig = CaptionDedupeConfig()):
+        super().__init__()
+        self.cfg = cfg
+
+    def expand(self, light):
+        cfg = self.cfg
+        rows_per_band = cfg.num_perm // cfg.bands
+
+        def bands(r):
+            if not (r.get("caption") or "").strip():
+                return []
+            sig = minhash_signature(r["caption"], cfg.num_perm)
+            item = (r["key"], sig, image_survivor_order(r))
+            return [
+                ((b, hash(sig[b * rows_per_band : (b + 1) * rows_per_band])), item)
+                for b in range(cfg.bands)
+            ]
+
+        removed = (
+            light
+            | "Bands" >> beam.FlatMap(bands)
+            | "GroupByBand" >> beam.GroupByKey()
+            | "CompareInBucket"
+            >> beam.ParDo(
+                _CompareBucketFn(
+                    caption_duplicate_pairs, cfg.threshold, cfg.max_bucket, "caption_dedupe"
+                )
+            )
+            | "BestPerLoser" >> beam.CombinePerKey(min)
+            | "Decisions"
+            >> beam.Map(
+                lambda kv: decision(
+                    kv[0],
+                    Status.DUPLICATE,
+                    Reason.DUPLICATE_CAPTION,
+                    kv[1][1],
+                    f"caption similarity >= {cfg.threshold}",
+                )
+            )
+            | "ResolveChains" >> ResolveChains()
         )
         kept = {"light": light, "removed": removed} | "DropRemoved" >> DropRemoved()
         return {"kept": kept, "removed": removed}

@@ -110,6 +110,28 @@ class CurateOptions(PipelineOptions):
             help="override the recipe's stage order, comma-separated",
         )
         g.add_argument("--near-dup-threshold", dest="near_dup_threshold", type=int, default=None)
+        g.add_argument(
+            "--languages",
+            dest="languages",
+            type=_csv_list,
+            default=None,
+            help="caption language allow-list (ISO 639-1)",
+        )
+        g.add_argument(
+            "--blocklist", dest="blocklist", default=None, help="file of blocked caption terms"
+        )
+        g.add_argument(
+            "--clean-captions",
+            dest="clean_captions",
+            action="store_true",
+            help="fix entities, mojibake, spaces",
+        )
+        g.add_argument(
+            "--decontaminate",
+            dest="decontaminate",
+            default=None,
+            help="evaluation images: folder, tar glob or hash list",
+        )
 
         g = parser.add_argument_group("images")
         g.add_argument(

@@ -5,8 +5,13 @@ which settings. One place; a JSON or YAML file or a named preset.
     recipe = load_recipe("my_recipe.yaml")   # {"stages": [...], "near_dedupe": {"threshold": 8}, ...}
 
 Stages (each a composite PTransform over light rows -> {"kept", "removed"}):
-  exact_dedupe   same decoded pixels -> one survivor       (dedupe.ExactDedupe)
-  near_dedupe    perceptual-hash LSH -> one survivor       (dedupe.NearDedupe)
+  filters         size, aspect, caption length/words, language, blocklist, boilerplate  (filters.Filter)
+  decontaminate   evaluation images found by bytes or phash                             (decontaminate.Decontaminate)
+  exact_dedupe    same decoded pixels -> one survivor                                   (dedupe.ExactDedupe)
+  near_dedupe     perceptual-hash LSH -> one survivor                                   (dedupe.NearDedupe)
+  caption_dedupe  MinHash over caption 5-grams -> one survivor                          (dedupe.CaptionDedupe)
+Captions are cleaned and their language detected before the stages, when `captions` asks for it
+or a filter needs the language.
 """
 
 from __future__ import annotations
@@ -17,19 +22,36 @@ from dataclasses import dataclass, field
 
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.dedupe import ExactDedupe, ExactDedupeConfig, NearDedupe, NearDedupeConfig
+from pipeline.captions import CaptionConfig
+from pipeline.decontaminate import Decontaminate, DecontaminateConfig
+from pipeline.dedupe import (
+    CaptionDedupe,
+    CaptionDedupeConfig,
+    ExactDedupe,
+    ExactDedupeConfig,
+    NearDedupe,
+    NearDedupeConfig,
+)
+from pipeline.filters import Filter, FilterConfig
 
 STAGES = {
-    "exact_dedupe": (ExactDedupe, "exact_dedupe"),
-    "near_dedupe": (NearDedupe, "near_dedupe"),
+    "filters": Filter,
+    "decontaminate": Decontaminate,
+    "exact_dedupe": ExactDedupe,
+    "near_dedupe": NearDedupe,
+    "caption_dedupe": CaptionDedupe,
 }
 
 
 @dataclass(frozen=True)
 class Recipe:
     stages: tuple[str, ...] = ("exact_dedupe", "near_dedupe")
+    captions: CaptionConfig = field(default_factory=CaptionConfig)
+    filters: FilterConfig = field(default_factory=FilterConfig)
+    decontaminate: DecontaminateConfig = field(default_factory=DecontaminateConfig)
     exact_dedupe: ExactDedupeConfig = field(default_factory=ExactDedupeConfig)
     near_dedupe: NearDedupeConfig = field(default_factory=NearDedupeConfig)
+    caption_dedupe: CaptionDedupeConfig = field(default_factory=CaptionDedupeConfig)
 
     def __post_init__(self):
         unknown = [s for s in self.stages if s not in STAGES]
@@ -40,9 +62,16 @@ class Recipe:
         if len(set(self.stages)) != len(self.stages):
             raise ValueError("a curation stage is listed twice")
 
-    def transform(self, stage: str):
-        cls, attr = STAGES[stage]
-        return cls(getattr(self, attr))
+    def transform(self, stage: str, output: str | None = None):
+        if stage == "decontaminate":
+            return Decontaminate(self.decontaminate, output)
+        return STAGES[stage](getattr(self, stage))
+
+    @property
+    def detects_language(self) -> bool:
+        return self.captions.detect_language or (
+            "filters" in self.stages and self.filters.needs_language
+        )
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(dataclasses.asdict(self), default=str))
@@ -51,6 +80,27 @@ class Recipe:
 PRESETS: dict[str, Recipe] = {
     "none": Recipe(stages=()),
     "default": Recipe(),
+    # DataComp's "basic filtering" baseline: English captions of more than 2 words and 5
+    # characters, images whose smaller side exceeds 200 px and aspect ratio is under 3.
+    "datacomp_basic": Recipe(
+        stages=("filters",),
+        filters=FilterConfig(
+            min_side=201, max_aspect_ratio=3.0, min_words=3, min_caption_chars=6, languages=("en",)
+        ),
+    ),
+    # What we recommend for a fresh crawl: cheap filters first, then dedupe what is left.
+    "recommended": Recipe(
+        stages=("filters", "exact_dedupe", "near_dedupe"),
+        captions=CaptionConfig(clean=True),
+        filters=FilterConfig(
+            min_side=64,
+            max_aspect_ratio=4.0,
+            require_caption=True,
+            min_caption_chars=3,
+            max_caption_chars=1000,
+            drop_boilerplate=True,
+        ),
+    ),
 }
 
 
@@ -98,3 +148,56 @@ def load_recipe(name_or_path: str) -> Recipe:
     if not isinstance(d, dict):
         raise ValueError(f"recipe {name_or_path} is not a mapping")
     return recipe_from_dict(d)
+
+
+def _with_stage(recipe: Recipe, stage: str) -> Recipe:
+    return (
+        recipe
+        if stage in recipe.stages
+        else dataclasses.replace(recipe, stages=(stage, *recipe.stages))
+    )
+
+
+def with_overrides(
+    recipe: Recipe,
+    *,
+    stages: tuple[str, ...] | None = None,
+    near_dup_threshold: int | None = None,
+    languages: tuple[str, ...] | None = None,
+    blocklist: str | None = None,
+    clean_captions: bool = False,
+    decontaminate: str | None = None,
+) -> Recipe:
+    """The command line's shortcuts applied to a recipe; a filter or decontamination asked for
+    on the command line is added (first) to the stages if the recipe lacks it."""
+    r = recipe
+    if stages is not None:
+        r = dataclasses.replace(r, stages=tuple(stages))
+    if near_dup_threshold is not None:
+        r = dataclasses.replace(
+            r, near_dedupe=dataclasses.replace(r.near_dedupe, threshold=near_dup_threshold)
+        )
+    if languages is not None:
+        r = _with_stage(
+            dataclasses.replace(
+                r, filters=dataclasses.replace(r.filters, languages=tuple(languages))
+            ),
+            "filters",
+        )
+    if blocklist is not None:
+        r = _with_stage(
+            dataclasses.replace(r, filters=dataclasses.replace(r.filters, blocklist=blocklist)),
+            "filters",
+        )
+    if clean_captions:
+        r = dataclasses.replace(r, captions=dataclasses.replace(r.captions, clean=True))
+    if decontaminate is not None:
+        r = dataclasses.replace(
+            r, decontaminate=dataclasses.replace(r.decontaminate, source=decontaminate)
+        )
+        r = _with_stage(r, "decontaminate")
+    if "decontaminate" in r.stages and not r.decontaminate.source:
+        raise ValueError(
+            "the recipe runs 'decontaminate' but names no evaluation set (--decontaminate PATH)"
+        )
+    return r

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import json
 from pathlib import Path
 
 import pyarrow as pa
@@ -192,3 +193,27 @@ def test_exact_dedupe_can_keep_every_caption(planted_site, tmp_path):
     recipe.write_text('{"stages": ["exact_dedupe"], "exact_dedupe": {"captions": "keep_all"}}')
     out2 = _run(planted_site, tmp_path / "b", "--recipe", str(recipe), only=pair)
     assert sum(r["status"] == "ok" for r in _results(out2)) == 2
+
+
+def test_decontamination_removes_exactly_the_planted_evaluation_images(
+    planted_site, photos, tmp_path
+):
+    evals = ("chelsea", "coffee", "china")
+    folder = tmp_path / "eval"
+    for i, name in enumerate(evals):
+        (folder / f"class{i}").mkdir(parents=True)
+        im = photos[name].convert("RGB")
+        im.resize((im.width * 2 // 3, im.height * 2 // 3), Image.LANCZOS).save(
+            folder / f"class{i}" / f"{name}.png"
+        )
+    out = _run(planted_site, tmp_path / "run", "--decontaminate", str(folder))
+    rows = _results(out)
+    contaminated = {r["url"] for r in rows if r["reason"] == "contaminated"}
+    expected = {u for u, g in planted_site.group_of.items() if g in evals}
+    assert contaminated == expected
+    found = json.loads((out / "decontamination.json").read_text())
+    assert found["eval_items"] == 3 and sorted(found["found"]) == [
+        f"class{i}/{n}.png" for i, n in enumerate(evals)
+    ]
+    assert found["samples_removed"] == len(expected)
+    Stats.from_json((out / "stats.json").read_text()).check()
