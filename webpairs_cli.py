@@ -15,6 +15,7 @@ import sys
 
 COMMANDS = {
     "curate": ("pipeline.curate", "URL lists in, WebDataset shards out (Apache Beam)"),
+    "inspect": ("pipeline.report", "print the funnel and distributions of a curated output"),
     "train": ("trainer.train", "train a CLIP/BASIC dual encoder on shards"),
     "eval": ("trainer.evaluate", "zero-shot classification and retrieval"),
     "tokenizer": ("trainer.tokenizer", "train or inspect a BPE tokenizer"),

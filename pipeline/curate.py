@@ -15,16 +15,20 @@ import sys
 from dataclasses import dataclass, replace
 
 import apache_beam as beam
+import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipeline.captions import AnnotateCaptions
+from pipeline.decontaminate import FOUND_NAME
 from pipeline.dedupe import DedupeUrls, ResolveChains
 from pipeline.download import DownloadConfig, DownloadImages
 from pipeline.images import DecodeResize, ImageConfig
 from pipeline.options import CurateOptions
 from pipeline.read import InputError, ReadConfig, ReadPairs, resolve
+from pipeline.read_shards import ReadShards, ShardInput, list_tars
 from pipeline.recipe import Recipe, load_recipe, with_overrides
+from pipeline.report import REPORT_NAME, write_report
 from pipeline.results import parquet_schema
 from pipeline.shards import (
     MANIFEST_NAME,
@@ -133,13 +137,17 @@ def build(p: beam.Pipeline, cfg: CurateConfig, options_record: dict) -> None:
     extra = cfg.read.extra_fields
     shards_cfg = replace(cfg.shards, extra_fields=extra)
 
-    read = p | "ReadPairs" >> ReadPairs(cfg.read)
-    deduped = read["pairs"] | "DedupeUrls" >> DedupeUrls()
-    images = (
-        deduped["unique"]
-        | "DownloadImages" >> DownloadImages(cfg.download)
-        | "DecodeResize" >> DecodeResize(cfg.image)
-    )
+    if cfg.read.input_format == "webdataset":
+        # Existing shards: no download; keys come from the source shard and sample key.
+        read = p | "ReadShards" >> ReadShards(ShardInput(cfg.read.input, cfg.read.extra_cols))
+        url_duplicates = p | "NoUrlDuplicates" >> beam.Create([])
+        fetched = read["rows"]
+    else:
+        read = p | "ReadPairs" >> ReadPairs(cfg.read)
+        deduped = read["pairs"] | "DedupeUrls" >> DedupeUrls()
+        url_duplicates = deduped["duplicates"]
+        fetched = deduped["unique"] | "DownloadImages" >> DownloadImages(cfg.download)
+    images = fetched | "DecodeResize" >> DecodeResize(cfg.image)
     ok = images | "OnlyOk" >> beam.Filter(lambda r: r["status"] == Status.OK)
     not_ok = (
         images
@@ -167,7 +175,7 @@ def build(p: beam.Pipeline, cfg: CurateConfig, options_record: dict) -> None:
     rejects = (
         not_ok,
         written["removed"],
-        deduped["duplicates"],
+        url_duplicates,
         read["invalid"],
     ) | "AllRejects" >> beam.Flatten()
     results = (
@@ -183,6 +191,7 @@ def build(p: beam.Pipeline, cfg: CurateConfig, options_record: dict) -> None:
     _ = written["shards"] | "WriteManifest" >> WriteManifest(cfg.output, options_record)
     _ = {
         "results": results,
+        "written": written["rows"],
         "input_count": read["input_count"],
         "shards": written["shards"],
     } | "WriteStats" >> WriteStats(cfg.output)
@@ -194,7 +203,7 @@ def prepare_output(cfg: CurateConfig) -> None:
     finished = FileSystems.exists(FileSystems.join(out, MANIFEST_NAME))
     leftovers = [
         FileSystems.join(out, name)
-        for name in (SHARDS_DIR, REJECTS_DIR, STATS_NAME, MANIFEST_NAME)
+        for name in (SHARDS_DIR, REJECTS_DIR, STATS_NAME, MANIFEST_NAME, REPORT_NAME, FOUND_NAME)
         if FileSystems.exists(FileSystems.join(out, name))
     ]
     if cfg.resume:
@@ -234,7 +243,14 @@ def run(argv: list[str]) -> Stats:
     if options.view_as(StandardOptions).runner is None:
         options.view_as(StandardOptions).runner = "DirectRunner"
     cfg = config_from_options(opts)
-    cfg = replace(cfg, read=resolve(cfg.read))
+    if (cfg.read.input_format or "") == "webdataset" or cfg.read.input.lower().endswith(
+        (".tar", "manifest.json")
+    ):
+        list_tars(cfg.read.input)  # fails early, with one line, when nothing matches
+        extra = tuple(pa.field(c, pa.string()) for c in cfg.read.extra_cols)  # json values, as text
+        cfg = replace(cfg, read=replace(cfg.read, input_format="webdataset", extra_fields=extra))
+    else:
+        cfg = replace(cfg, read=resolve(cfg.read))
     prepare_output(cfg)
     record = {
         k: v
@@ -255,6 +271,7 @@ def run(argv: list[str]) -> Stats:
     with FileSystems.open(FileSystems.join(cfg.output, STATS_NAME)) as f:
         stats = Stats.from_json(f.read().decode("utf-8"))
     stats.check()  # fails loudly when a row was lost or counted twice
+    write_report(cfg.output)
     return stats
 
 

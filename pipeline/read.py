@@ -30,7 +30,7 @@ from schemas.records import RESULT_FIELD_NAMES
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("parquet", "csv", "tsv", "jsonl", "txt")
+FORMATS = ("parquet", "csv", "tsv", "jsonl", "txt", "webdataset")
 _COMPRESSION_SUFFIXES = (".gz", ".bz2", ".zst", ".deflate", ".lzma", ".xz")
 MALFORMED = "__malformed__"  # key of a raw row the reader could not parse
 
@@ -56,6 +56,8 @@ class ReadConfig:
 
 def detect_format(path: str) -> str:
     name = path.lower()
+    if name.endswith((".tar", "manifest.json")):
+        return "webdataset"
     for suffix in _COMPRESSION_SUFFIXES:
         if name.endswith(suffix):
             name = name[: -len(suffix)]

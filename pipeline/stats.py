@@ -15,6 +15,7 @@ import time
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline.report import Distributions
 from pipeline.urls import domain_of
 from schemas import Stats, Status
 
@@ -43,8 +44,14 @@ class CountOutcomesFn(beam.CombineFn):
         return dict(acc)
 
 
-def build_stats(outcomes: dict, input_count: int, failed_by_domain: list, num_shards: int) -> Stats:
-    stats = Stats(input=input_count, shards=num_shards)
+def build_stats(
+    outcomes: dict,
+    input_count: int,
+    failed_by_domain: list,
+    num_shards: int,
+    distributions: dict | None = None,
+) -> Stats:
+    stats = Stats(input=input_count, shards=num_shards, distributions=distributions or {})
     for (status, reason), n in sorted(outcomes.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
         if status == Status.OK:
             stats.written += n
@@ -57,8 +64,8 @@ def build_stats(outcomes: dict, input_count: int, failed_by_domain: list, num_sh
     return stats
 
 
-def _write_stats(outcomes, input_count, failed_by_domain, shard_count, output):
-    stats = build_stats(outcomes, input_count, failed_by_domain, shard_count)
+def _write_stats(outcomes, input_count, failed_by_domain, shard_count, distributions, output):
+    stats = build_stats(outcomes, input_count, failed_by_domain, shard_count, distributions)
     path = FileSystems.join(output, STATS_NAME)
     with FileSystems.create(path) as f:
         f.write(stats.to_json().encode("utf-8"))
@@ -70,7 +77,7 @@ def _domain_total(kv) -> tuple:
 
 
 class WriteStats(beam.PTransform):
-    """{"results", "input_count", "shards"} -> OUTPUT/stats.json."""
+    """{"results", "written", "input_count", "shards"} -> OUTPUT/stats.json."""
 
     def __init__(self, output: str, top_domains: int = TOP_DOMAINS):
         super().__init__()
@@ -90,11 +97,16 @@ class WriteStats(beam.PTransform):
             | "TopDomains" >> beam.combiners.Top.Of(self.top_domains, key=_domain_total)
         )
         shard_count = pcolls["shards"] | "CountShards" >> beam.combiners.Count.Globally()
+        distributions = {
+            "written": pcolls["written"],
+            "results": results,
+        } | "Distributions" >> Distributions()
         return outcomes | "WriteStatsFile" >> beam.Map(
             _write_stats,
             input_count=beam.pvalue.AsSingleton(pcolls["input_count"]),
             failed_by_domain=beam.pvalue.AsSingleton(failed_by_domain),
             shard_count=beam.pvalue.AsSingleton(shard_count),
+            distributions=beam.pvalue.AsSingleton(distributions),
             output=self.output,
         )
 

@@ -17,7 +17,8 @@ from dataclasses import asdict, dataclass, field
 from schemas.records import Status
 
 MANIFEST_VERSION = 1
-STATS_VERSION = 1
+STATS_VERSION = 2
+READABLE_STATS_VERSIONS = (1, 2)  # 2 added `distributions`
 MANIFEST_KIND = "webpairs-manifest"
 WIDS_KIND = "wids-shard-index-v1"
 
@@ -120,6 +121,9 @@ class Stats:
     invalid: dict[str, int] = field(default_factory=dict)
     failed_by_domain: dict[str, dict[str, int]] = field(default_factory=dict)
     shards: int = 0
+    distributions: dict[str, dict[str, int]] = field(
+        default_factory=dict
+    )  # histogram name -> bucket -> count
     version: int = STATS_VERSION
 
     def outcomes(self) -> int:
@@ -159,6 +163,7 @@ class Stats:
         d = json.loads(text)
         if d.pop("format", None) != "webpairs-stats":
             raise ManifestError("not a webpairs stats file")
-        if d.get("version") != STATS_VERSION:
+        if d.get("version") not in READABLE_STATS_VERSIONS:
             raise ManifestError(f"stats version {d.get('version')} is not supported")
+        d["version"] = STATS_VERSION
         return cls(**d)

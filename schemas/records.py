@@ -33,6 +33,8 @@ class Reason:
     URL_TOO_LONG = "url_too_long"
     CAPTION_NOT_STRING = "caption_not_string"
     MALFORMED_ROW = "malformed_row"
+    CORRUPT_SHARD = "corrupt_shard"  # an input tar that cannot be read (past this point)
+    MISSING_IMAGE = "missing_image"  # an input sample without an image member
     # download failures
     DNS = "dns"
     CONNECT = "connect"

@@ -1,0 +1,157 @@
+"""Curating datasets users already hold: img2dataset folders, plain tars, our own outputs."""
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import webdataset as wds
+
+from pipeline.curate import main
+from pipeline.read_shards import group_members, list_tars
+from schemas import Manifest, Stats
+from tests.conftest import encode
+
+
+def _img2dataset_folder(folder, photos) -> int:
+    """A folder laid out as img2dataset writes it: NNNNN.tar + NNNNN.parquet + NNNNN_stats.json."""
+    folder.mkdir()
+    names = sorted(photos)
+    n = 0
+    for shard in range(2):
+        rows = []
+        with wds.TarWriter(str(folder / f"{shard:05d}.tar")) as sink:
+            for i, name in enumerate(names):
+                key = f"{shard:05d}{i:04d}"
+                im = photos[name].convert("RGB").resize((96 + 16 * shard, 80))
+                meta = {
+                    "url": f"http://example.com/{shard}/{name}.jpg",
+                    "key": key,
+                    "status": "success",
+                    "similarity": 0.3,
+                }
+                sink.write(
+                    {
+                        "__key__": key,
+                        "jpg": encode(im, "JPEG", quality=85),
+                        "txt": f"{name} {shard}",
+                        "json": json.dumps(meta).encode(),
+                    }
+                )
+                rows.append(meta)
+                n += 1
+        pq.write_table(pa.Table.from_pylist(rows), folder / f"{shard:05d}.parquet")
+        (folder / f"{shard:05d}_stats.json").write_text(json.dumps({"successes": len(rows)}))
+    return n
+
+
+def test_group_members_follows_webdataset_rule():
+    members = [
+        ("a/x.jpg", b"1"),
+        ("a/x.txt", b"2"),
+        ("a/y.seg.png", b"3"),
+        ("a/y.json", b"4"),
+        ("README", b""),
+    ]
+    assert list(group_members(members)) == [
+        {"__key__": "a/x", "jpg": b"1", "txt": b"2"},
+        {"__key__": "a/y", "seg.png": b"3", "json": b"4"},
+    ]
+
+
+def test_list_tars_forms(tmp_path):
+    for i in range(3):
+        (tmp_path / f"{i:05d}.tar").write_bytes(b"")
+    assert len(list_tars(str(tmp_path))) == 3
+    assert len(list_tars(str(tmp_path / "{00000..00001}.tar"))) == 2
+    assert len(list_tars(str(tmp_path / "*.tar"))) == 3
+
+
+def test_img2dataset_folder_with_a_corrupt_shard(photos, tmp_path):
+    src = tmp_path / "laion"
+    n = _img2dataset_folder(src, photos)
+    good = (src / "00000.tar").read_bytes()
+    (src / "00002.tar").write_bytes(
+        good[: len(good) // 2] + b"\x00garbage" * 1000
+    )  # truncated mid-member
+    out = tmp_path / "out"
+    args = ["--input", str(src), "--input-format", "webdataset", "--output", str(out), "--image-size", "64",
+            "--save-additional-columns", "similarity", "--recipe", "none"]  # fmt: skip
+    assert main(args) == 0
+    stats = Stats.from_json((out / "stats.json").read_text())
+    stats.check()
+    assert stats.invalid == {"corrupt_shard": 1}
+    assert stats.written >= n  # both good shards, plus whatever preceded the damage in the third
+    manifest = Manifest.from_json((out / "manifest.json").read_text())
+    samples = list(
+        wds.WebDataset([str(out / s.url) for s in manifest.shardlist], shardshuffle=False).decode(
+            "pil"
+        )
+    )
+    assert all(min(s["jpg"].size) == 64 for s in samples)
+    by_caption = {s["txt"]: s for s in samples}
+    assert by_caption["chelsea 1"]["json"]["url"] == "http://example.com/1/chelsea.jpg"
+    assert by_caption["chelsea 1"]["json"]["similarity"] == "0.3"
+
+
+def test_recurating_our_own_output_keeps_keys_stable(photos, tmp_path):
+    src = tmp_path / "laion"
+    _img2dataset_folder(src, photos)
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert (
+        main(
+            [
+                "--input",
+                str(src),
+                "--input-format",
+                "webdataset",
+                "--output",
+                str(first),
+                "--recipe",
+                "none",
+                "--resize-mode",
+                "no",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "--input",
+                str(first / "manifest.json"),
+                "--output",
+                str(second),
+                "--recipe",
+                "default",
+                "--resize-mode",
+                "no",
+            ]
+        )
+        == 0
+    )
+    s1 = Stats.from_json((first / "stats.json").read_text())
+    s2 = Stats.from_json((second / "stats.json").read_text())
+    assert s2.input == s1.written
+    # Shard 1 repeats shard 0's photos at another size: near-dedupe removes one copy of each.
+    assert s2.written == s1.written // 2 and s2.duplicate == {"near_duplicate": s1.written // 2}
+
+
+def test_missing_tar_input_is_one_clear_error(tmp_path, capsys):
+    assert main(["--input", str(tmp_path / "none-*.tar"), "--output", str(tmp_path / "o")]) == 2
+    assert "matches no .tar file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("payload", [b"<html>not an image</html>"])
+def test_non_image_member_is_counted(tmp_path, payload):
+    with wds.TarWriter(str(tmp_path / "x.tar")) as sink:
+        sink.write({"__key__": "a", "jpg": payload, "txt": "c"})
+        sink.write({"__key__": "b", "txt": "caption only"})
+    out = tmp_path / "out"
+    assert main(["--input", str(tmp_path / "x.tar"), "--output", str(out)]) == 0
+    stats = Stats.from_json((out / "stats.json").read_text())
+    assert (
+        stats.failed == {"not_image": 1}
+        and stats.invalid == {"missing_image": 1}
+        and stats.written == 0
+    )
