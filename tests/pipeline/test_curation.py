@@ -217,3 +217,39 @@ def test_decontamination_removes_exactly_the_planted_evaluation_images(
     ]
     assert found["samples_removed"] == len(expected)
     Stats.from_json((out / "stats.json").read_text()).check()
+
+
+def test_every_stage_runs_in_multi_processing_mode_with_the_same_result(
+    planted_site, photos, tmp_path
+):
+    (tmp_path / "eval").mkdir()
+    photos["coffee"].convert("RGB").save(tmp_path / "eval" / "coffee.png")
+    (tmp_path / "block.txt").write_text("gravel\n")
+    recipe = {
+        "stages": ["decontaminate", "filters", "exact_dedupe", "near_dedupe", "caption_dedupe"],
+        "captions": {"clean": True},
+        "filters": {"languages": ["en"], "blocklist": str(tmp_path / "block.txt"), "min_side": 40},
+        "decontaminate": {"source": str(tmp_path / "eval")},
+    }
+    (tmp_path / "recipe.json").write_text(json.dumps(recipe))
+    only = tuple(
+        p
+        for p in planted_site.files
+        if p.startswith(("/p/coffee/", "/p/chelsea/", "/p/rocket/", "/look/"))
+    )
+    args = ("--recipe", str(tmp_path / "recipe.json"))
+    single = _run(planted_site, tmp_path / "single", *args, only=only)
+    multi = _run(
+        planted_site,
+        tmp_path / "multi",
+        *args,
+        "--direct_running_mode=multi_processing",
+        "--direct_num_workers=2",
+        only=only,
+    )
+    s1, s2 = (Stats.from_json((o / "stats.json").read_text()) for o in (single, multi))
+    assert s1 == s2 and _digests(single) == _digests(multi)
+    assert s1.filtered["contaminated"] == 11 and s1.filtered["blocklist"] == 1
+    assert (
+        s1.filtered["language"] > 0 and s1.duplicate["near_duplicate"] > 0
+    )  # short captions: often not "en"
