@@ -22,7 +22,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from pipeline.captions import AnnotateCaptions
 from pipeline.decontaminate import FOUND_NAME
 from pipeline.dedupe import DedupeUrls, ResolveChains
-from pipeline.download import DownloadConfig, DownloadImages
+from pipeline.download import DownloadConfig, DownloadImages, load_domain_list
 from pipeline.images import DecodeResize, ImageConfig
 from pipeline.options import CurateOptions
 from pipeline.read import InputError, ReadConfig, ReadPairs, resolve
@@ -94,6 +94,15 @@ def config_from_options(opts: CurateOptions) -> CurateConfig:
         max_bytes=opts.max_bytes,
         max_redirects=opts.max_redirects,
         disallowed_directives=tuple(opts.disallowed_header_directives),
+        allow_private_networks=opts.allow_private_networks,
+        allow_networks=tuple(opts.allow_networks),
+        per_host=opts.per_host,
+        host_interval=opts.host_interval,
+        host_buckets=opts.host_buckets,
+        breaker_failures=opts.breaker_failures,
+        robots=opts.robots,
+        opt_out_domains=load_domain_list(opts.opt_out_domains),
+        dns_timeout=opts.dns_timeout,
     )
     image = ImageConfig(
         image_size=opts.image_size,

@@ -147,6 +147,7 @@ def main(argv: list[str] | None = None, prog: str = "webpairs demo") -> int:
                 "--image-size", str(args.image_size), "--resize-mode", "center_crop",
                 "--save-additional-columns", "label",
                 "--samples-per-shard", "200", "--retries", "1", "--overwrite",
+                "--allow-private-networks",  # the demo's own loopback server
                 # Handwritten digits of one class look alike at 8x8: only near-identical copies are duplicates.
                 "--near-dup-threshold", "4",
             ],

@@ -1,6 +1,6 @@
 """Downloading images: one classified result row per URL, never an exception.
 
-    row = fetch_row(pair, make_pool(cfg), cfg)
+    row = fetch_row(pair, Crawler(cfg), cfg)
     rows = pairs | "DownloadImages" >> DownloadImages(DownloadConfig(threads=64))
 
 Per request: connect/read timeouts and one total deadline that a trickling server cannot
@@ -36,7 +36,9 @@ from urllib3.exceptions import (
 )
 
 from pipeline.concurrency import ThreadedMapFn
+from pipeline.hosts import CircuitOpen, HostBusy, HostPolicy, RobotsCache
 from pipeline.images import sniff_mime
+from pipeline.netsafety import BlockedAddress, DnsError, Resolver, check_address
 from pipeline.results import result_row
 from schemas import Reason, Status
 
@@ -60,6 +62,21 @@ class DownloadConfig:
     max_bytes: int = 32 * 1024 * 1024
     max_redirects: int = 5
     disallowed_directives: tuple[str, ...] = DEFAULT_DISALLOWED  # empty: ignore X-Robots-Tag
+    allow_private_networks: bool = (
+        False  # SSRF guard: refuse loopback/private/link-local/... addresses
+    )
+    allow_networks: tuple[str, ...] = ()  # CIDRs exempt from the guard, e.g. ("127.0.0.1/32",)
+    dns_timeout: float = 5.0
+    dns_ttl: float = 300.0  # per-worker DNS cache lifetime (failures: 60 s)
+    per_host: int = 16  # requests in flight to one host per worker (0: no cap)
+    host_interval: float = 0.0  # seconds between two request starts to one host per worker
+    host_buckets: int = (
+        8  # a host's URLs are spread over at most this many workers (0: no grouping)
+    )
+    breaker_failures: int = 20  # consecutive transient failures that pause a host (0: never)
+    breaker_cooldown: float = 120.0
+    robots: bool = False  # honour robots.txt for user_agent_token (RFC 9309)
+    opt_out_domains: tuple[str, ...] = ()  # domains (and their subdomains) never fetched
 
 
 @dataclass
@@ -85,9 +102,51 @@ class _Failure(Exception):
         self.reason, self.http_status, self.retry_after = reason, http_status, retry_after
 
 
-def make_pool(cfg: DownloadConfig) -> urllib3.PoolManager:
-    # Many hosts; up to one kept-alive connection per thread per host; never blocks on the pool.
-    return urllib3.PoolManager(num_pools=256, maxsize=cfg.threads, block=False, retries=False)
+class Crawler:
+    """What one worker's download threads share: connection pools, the DNS cache, per-host
+    politeness and the robots.txt cache. Built in DoFn.setup(), never pickled."""
+
+    def __init__(self, cfg: DownloadConfig):
+        self.cfg = cfg
+        # Many hosts; up to one kept-alive connection per thread per host; never blocks on the pool.
+        self.http = urllib3.PoolManager(
+            num_pools=512, maxsize=cfg.threads, block=False, retries=False
+        )
+        self.resolver = Resolver(timeout=cfg.dns_timeout, ttl=cfg.dns_ttl)
+        self.hosts = HostPolicy(
+            cfg.per_host, cfg.host_interval, cfg.breaker_failures, cfg.breaker_cooldown
+        )
+        self.robots = RobotsCache(cfg.user_agent_token) if cfg.robots else None
+        self.opt_out = frozenset(d.lower().strip(".") for d in cfg.opt_out_domains)
+
+    def close(self) -> None:
+        self.http.clear()
+        self.resolver.close()
+
+
+def load_domain_list(path: str | None) -> tuple[str, ...]:
+    """Domains, one per line ('#' comments), from any Beam filesystem; read once on the driver."""
+    if not path:
+        return ()
+    from apache_beam.io.filesystems import FileSystems
+
+    if not FileSystems.exists(path):
+        raise ValueError(f"--opt-out-domains file {path!r} does not exist")
+    with FileSystems.open(path) as f:
+        lines = f.read().decode("utf-8").splitlines()
+    return tuple(
+        d.strip().lower().strip(".") for d in lines if d.strip() and not d.lstrip().startswith("#")
+    )
+
+
+def domain_opted_out(host: str, domains: frozenset[str]) -> str | None:
+    """The listed domain that `host` is (or is a subdomain of), or None."""
+    labels = host.lower().strip(".").split(".")
+    for i in range(len(labels)):
+        candidate = ".".join(labels[i:])
+        if candidate in domains:
+            return candidate
+    return None
 
 
 def opted_out(header_values: list[str], disallowed: tuple[str, ...], ua_token: str) -> str | None:
@@ -133,7 +192,9 @@ def _classify(exc: BaseException) -> tuple[str, str]:
     if isinstance(exc, MaxRetryError) and exc.reason is not None:
         exc = exc.reason
     detail = f"{type(exc).__name__}: {exc}"
-    if isinstance(exc, (NameResolutionError, socket.gaierror)):
+    if isinstance(exc, BlockedAddress):
+        return Reason.BLOCKED_ADDRESS, str(exc)
+    if isinstance(exc, (NameResolutionError, socket.gaierror, DnsError)):
         return Reason.DNS, detail
     # NewConnectionError subclasses ConnectTimeoutError in urllib3 2: test it first.
     if isinstance(exc, (NewConnectionError, ConnectionRefusedError)):
@@ -154,7 +215,7 @@ def _set_read_timeout(resp, seconds: float) -> None:
         sock.settimeout(max(0.001, seconds))
 
 
-def _read_body(resp, cfg: DownloadConfig, deadline_at: float) -> bytes:
+def _read_body(resp, cfg: DownloadConfig, deadline_at: float, max_bytes: int) -> bytes:
     encoding = (resp.headers.get("Content-Encoding") or "identity").strip().lower()
     if encoding not in ("identity", "gzip", "x-gzip", "deflate"):
         raise _Failure(Reason.NETWORK, f"unsupported Content-Encoding {encoding!r}")
@@ -174,17 +235,54 @@ def _read_body(resp, cfg: DownloadConfig, deadline_at: float) -> bytes:
             break
         if inflater is not None:
             # Bounded inflation: a small compressed body cannot expand past the byte cap.
-            chunk = inflater.decompress(chunk, cfg.max_bytes + 1 - size)
+            chunk = inflater.decompress(chunk, max_bytes + 1 - size)
             if inflater.unconsumed_tail:
-                raise _Failure(Reason.TOO_LARGE, f"body inflates past {cfg.max_bytes} bytes")
+                raise _Failure(Reason.TOO_LARGE, f"body inflates past {max_bytes} bytes")
         size += len(chunk)
-        if size > cfg.max_bytes:
-            raise _Failure(Reason.TOO_LARGE, f"body exceeds {cfg.max_bytes} bytes")
+        if size > max_bytes:
+            raise _Failure(Reason.TOO_LARGE, f"body exceeds {max_bytes} bytes")
         parts.append(chunk)
     return b"".join(parts)
 
 
-def fetch_once(url: str, cfg: DownloadConfig, http: urllib3.PoolManager) -> Fetched:
+def _open(url: str, crawler: Crawler, headers: dict, timeout: urllib3.Timeout):
+    """One request to the address we checked (pinned), with Host and SNI of the URL's host."""
+    cfg = crawler.cfg
+    parts = urlsplit(url)
+    host, scheme = parts.hostname or "", parts.scheme
+    port = parts.port or (443 if scheme == "https" else 80)
+    ips = crawler.resolver.resolve(host)
+    for ip in ips:  # every address a name has, so a mixed answer cannot smuggle one in
+        check_address(ip, cfg.allow_private_networks, cfg.allow_networks)
+    pool_kwargs = {"assert_hostname": host, "server_hostname": host} if scheme == "https" else {}
+    pool = crawler.http.connection_from_host(ips[0], port, scheme, pool_kwargs=pool_kwargs)
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    host_header = f"[{host}]" if ":" in host else host
+    if parts.port and parts.port != (443 if scheme == "https" else 80):
+        host_header += f":{parts.port}"
+    resp = pool.urlopen(
+        "GET",
+        target,
+        headers={**headers, "Host": host_header},
+        redirect=False,
+        retries=False,
+        preload_content=False,
+        timeout=timeout,
+        assert_same_host=False,
+    )
+    sock = getattr(getattr(resp, "connection", None), "sock", None)
+    if sock is not None:  # the address actually connected to
+        try:
+            check_address(sock.getpeername()[0], cfg.allow_private_networks, cfg.allow_networks)
+        except BlockedAddress:
+            resp.close()
+            raise
+    return resp
+
+
+def fetch_once(
+    url: str, cfg: DownloadConfig, crawler: Crawler, max_bytes: int | None = None
+) -> Fetched:
     deadline_at = time.monotonic() + cfg.deadline
     headers = {
         "User-Agent": cfg.user_agent,
@@ -203,15 +301,7 @@ def fetch_once(url: str, cfg: DownloadConfig, http: urllib3.PoolManager) -> Fetc
             timeout = urllib3.Timeout(
                 connect=min(cfg.connect_timeout, remaining), read=min(cfg.read_timeout, remaining)
             )
-            resp = http.urlopen(
-                "GET",
-                current,
-                headers=headers,
-                redirect=False,
-                retries=False,
-                preload_content=False,
-                timeout=timeout,
-            )
+            resp = _open(current, crawler, headers, timeout)
             if resp.status not in _REDIRECTS:
                 break
             location = resp.headers.get("Location")
@@ -239,13 +329,14 @@ def fetch_once(url: str, cfg: DownloadConfig, http: urllib3.PoolManager) -> Fetc
         )
         if directive:
             raise _Failure(Reason.OPTED_OUT, f"X-Robots-Tag: {directive}", status)
+        limit = max_bytes or cfg.max_bytes
         length = resp.headers.get("Content-Length")
-        if length and length.strip().isdigit() and int(length) > cfg.max_bytes:
+        if length and length.strip().isdigit() and int(length) > limit:
             raise _Failure(
-                Reason.TOO_LARGE, f"Content-Length {length} exceeds {cfg.max_bytes} bytes", status
+                Reason.TOO_LARGE, f"Content-Length {length} exceeds {limit} bytes", status
             )
         try:
-            data = _read_body(resp, cfg, deadline_at)
+            data = _read_body(resp, cfg, deadline_at, limit)
         except _Failure as f:
             f.http_status = status
             raise
@@ -254,7 +345,7 @@ def fetch_once(url: str, cfg: DownloadConfig, http: urllib3.PoolManager) -> Fetc
         return Fetched(
             False, f.reason, str(f), f.http_status, final_url=current, retry_after=f.retry_after
         )
-    except Exception as e:  # urllib3/socket/ssl errors, classified
+    except Exception as e:  # urllib3/socket/ssl/DNS errors, classified
         reason, detail = _classify(e)
         return Fetched(False, reason, detail, final_url=current)
     finally:
@@ -266,11 +357,47 @@ def is_retryable(f: Fetched) -> bool:
     return Reason.is_transient(f.reason)
 
 
-def fetch(url: str, cfg: DownloadConfig, http: urllib3.PoolManager) -> Fetched:
-    """fetch_once with bounded, jittered retries on transient failures."""
+def _robots_fetch(crawler: Crawler):
+    def fetch_robots(url: str) -> tuple[int | None, bytes | None]:
+        got = fetch_once(
+            url, crawler.cfg, crawler, max_bytes=512 * 1024
+        )  # RFC 9309: at least 500 KiB
+        if got.ok:
+            return got.http_status, got.data
+        return got.http_status, None  # an HTTP error keeps its status; a network failure has none
+
+    return fetch_robots
+
+
+def fetch(url: str, cfg: DownloadConfig, crawler: Crawler) -> Fetched:
+    """fetch_once with the host's politeness rules and bounded, jittered retries."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    listed = domain_opted_out(host, crawler.opt_out) if crawler.opt_out else None
+    if listed:
+        return Fetched(False, Reason.OPTED_OUT, f"domain {listed} is on the opt-out list")
+    if crawler.robots is not None:
+        origin = f"{parts.scheme}://{parts.netloc}"
+        if not crawler.robots.allowed(origin, url, _robots_fetch(crawler)):
+            return Fetched(
+                False,
+                Reason.ROBOTS,
+                f"robots.txt of {parts.netloc} disallows this path for {cfg.user_agent_token}",
+            )
+    result = Fetched(False, Reason.NETWORK, "not attempted")
     for attempt in range(cfg.retries + 1):
-        result = fetch_once(url, cfg, http)
-        if result.ok or not is_retryable(result) or attempt == cfg.retries:
+        try:
+            with crawler.hosts.slot(host, time.monotonic() + cfg.deadline):
+                result = fetch_once(url, cfg, crawler)
+        except CircuitOpen as e:
+            return Fetched(False, Reason.CIRCUIT_OPEN, str(e))
+        except HostBusy as e:
+            result = Fetched(False, Reason.TIMEOUT, str(e))
+        transient = is_retryable(result)
+        crawler.hosts.record(host, transient)
+        if result.retry_after is not None and result.http_status in (429, 503):
+            crawler.hosts.penalize(host, min(result.retry_after, cfg.max_retry_wait))
+        if result.ok or not transient or attempt == cfg.retries:
             return result
         wait = cfg.backoff * (2**attempt) * random.uniform(0.5, 1.5)
         if result.retry_after is not None:
@@ -281,9 +408,9 @@ def fetch(url: str, cfg: DownloadConfig, http: urllib3.PoolManager) -> Fetched:
     return result
 
 
-def fetch_row(pair: dict, http: urllib3.PoolManager, cfg: DownloadConfig) -> dict:
+def fetch_row(pair: dict, crawler: Crawler, cfg: DownloadConfig) -> dict:
     """A pair -> a result row; on success the original bytes ride along in `_data`."""
-    got = fetch(pair["url"].strip(), cfg, http)
+    got = fetch(pair["url"].strip(), cfg, crawler)
     if not got.ok:
         return result_row(
             pair, Status.FAILED, reason=got.reason, error=got.error, http_status=got.http_status
@@ -309,18 +436,37 @@ def fetch_row(pair: dict, http: urllib3.PoolManager, cfg: DownloadConfig) -> dic
     return row
 
 
+def host_bucket(pair: dict, buckets: int) -> tuple[str, int]:
+    """(host, sub-bucket): a host's URLs go to at most `buckets` groups, hence few workers."""
+    host = (urlsplit(pair["url"].strip()).hostname or "").lower()
+    return host, int(pair["key"][:8], 16) % buckets
+
+
 class DownloadImages(beam.PTransform):
-    """Pairs -> result rows (ok with `_data`, or failed with a reason), many requests in flight."""
+    """Pairs -> result rows (ok with `_data`, or failed with a reason), many requests in flight.
+
+    With `host_buckets`, pairs are first grouped by (host, sub-bucket) so that the per-worker
+    politeness limits hold for the job as a whole (at most host_buckets x per_host requests in
+    flight to one host); sub-buckets keep a huge host from becoming one giant element.
+    """
 
     def __init__(self, cfg: DownloadConfig):
         super().__init__()
         self.cfg = cfg
 
     def expand(self, pairs):
+        cfg = self.cfg
         fn = ThreadedMapFn(
-            partial(fetch_row, cfg=self.cfg),
-            self.cfg.threads,
-            setup_fn=partial(make_pool, self.cfg),
+            partial(fetch_row, cfg=cfg),
+            cfg.threads,
+            setup_fn=partial(Crawler, cfg),
             stage="download",
         )
+        if cfg.host_buckets:
+            pairs = (
+                pairs
+                | "KeyByHost" >> beam.Map(lambda p: (host_bucket(p, cfg.host_buckets), p))
+                | "GroupByHost" >> beam.GroupByKey()
+                | "Ungroup" >> beam.FlatMap(lambda kv: kv[1])
+            )
         return pairs | "Fetch" >> beam.ParDo(fn)

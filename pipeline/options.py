@@ -95,6 +95,53 @@ class CurateOptions(PipelineOptions):
             help="X-Robots-Tag directives that opt an image out ('' to ignore the header)",
         )
 
+        g = parser.add_argument_group("politeness and safety")
+        g.add_argument(
+            "--allow-private-networks",
+            dest="allow_private_networks",
+            action="store_true",
+            help="crawl loopback/private/link-local addresses too (refused by default: SSRF guard)",
+        )
+        g.add_argument(
+            "--allow-networks",
+            dest="allow_networks",
+            type=_csv_list,
+            default=(),
+            help="CIDRs exempt from the SSRF guard",
+        )
+        g.add_argument(
+            "--per-host",
+            dest="per_host",
+            type=int,
+            default=16,
+            help="requests in flight per host per worker",
+        )
+        g.add_argument(
+            "--host-interval",
+            dest="host_interval",
+            type=float,
+            default=0.0,
+            help="seconds between requests to a host",
+        )
+        g.add_argument(
+            "--host-buckets",
+            dest="host_buckets",
+            type=int,
+            default=8,
+            help="workers a host's URLs spread over",
+        )
+        g.add_argument("--breaker-failures", dest="breaker_failures", type=int, default=20)
+        g.add_argument(
+            "--robots", dest="robots", action="store_true", help="honour robots.txt (RFC 9309)"
+        )
+        g.add_argument(
+            "--opt-out-domains",
+            dest="opt_out_domains",
+            default=None,
+            help="file of domains never to fetch",
+        )
+        g.add_argument("--dns-timeout", dest="dns_timeout", type=float, default=5.0)
+
         g = parser.add_argument_group("curation")
         g.add_argument(
             "--recipe",

@@ -44,6 +44,9 @@ class Reason:
     TOO_MANY_REDIRECTS = "too_many_redirects"
     OPTED_OUT = "opted_out"
     NETWORK = "network"
+    BLOCKED_ADDRESS = "blocked_address"  # SSRF guard: loopback, private, link-local, ... address
+    ROBOTS = "robots_disallowed"
+    CIRCUIT_OPEN = "circuit_open"  # the host kept failing; its URL was not attempted
     # image failures
     NOT_IMAGE = "not_image"
     DECODE = "decode"
@@ -68,7 +71,7 @@ class Reason:
     NEAR_DUPLICATE = "near_duplicate"  # perceptual hash within the threshold
     DUPLICATE_CAPTION = "duplicate_caption"  # near-identical caption (MinHash)
 
-    TRANSIENT = frozenset({DNS, CONNECT, TIMEOUT, NETWORK})
+    TRANSIENT = frozenset({DNS, CONNECT, TIMEOUT, NETWORK, CIRCUIT_OPEN})
 
     @staticmethod
     def http(status: int) -> str:

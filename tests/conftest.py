@@ -4,11 +4,15 @@ that serves them, plus the misbehaving endpoints a crawler meets on the web."""
 from __future__ import annotations
 
 import contextlib
+import gzip
 import io
+import struct
 import threading
 import time
+import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 from PIL import Image
@@ -71,10 +75,32 @@ def web_images(photos) -> dict[str, tuple[bytes, str]]:
     return files
 
 
+def _png_declaring(width: int, height: int) -> bytes:
+    """A PNG whose header declares width x height (and whose pixel data is absent)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
+
+
+GZIP_BOMB = gzip.compress(b"\0" * (64 * 1024 * 1024), compresslevel=9)  # 64 MiB of zeros in ~64 KiB
+PIXEL_BOMB = _png_declaring(100_000, 100_000)
+
+
 class Site:
     """State of the loopback server: files, per-path hit counts and a request log."""
 
     def __init__(self, files: dict[str, tuple[bytes, str]]):
+        self.robots: str | None = None  # robots.txt body, when set
         self.files = dict(files)
         self.hits: dict[str, int] = {}
         self.log: list[tuple[float, str]] = []
@@ -159,6 +185,39 @@ def _make_handler(site: Site):
                 return self._send(
                     200, b"<!doctype html><html><body>not an image</body></html>", "image/jpeg"
                 )
+            if path == "/endless.jpg":  # a body that never ends
+                self.send_response(200)
+                self.send_header("Content-Type", "image/jpeg")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                chunk = b"\xff" * 65536
+                try:
+                    deadline = time.monotonic() + 30
+                    while time.monotonic() < deadline:
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+                return None
+            if path == "/ten-gb.jpg":  # claims 10 GB, sends a little, slowly
+                self.send_response(200)
+                self.send_header("Content-Type", "image/jpeg")
+                self.send_header("Content-Length", str(10 * 1024**3))
+                self.end_headers()
+                try:
+                    self.wfile.write(jpeg[:1000])
+                    time.sleep(5)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+                return None
+            if path == "/gzip-bomb.jpg":
+                return self._send(200, GZIP_BOMB, "image/jpeg", {"Content-Encoding": "gzip"})
+            if path == "/pixel-bomb.png":
+                return self._send(200, PIXEL_BOMB, "image/png")
+            if path == "/redirect-to":
+                target = unquote(self.path.split("to=", 1)[1]) if "to=" in self.path else "/"
+                return self._send(302, b"", headers={"Location": target})
+            if path == "/robots.txt" and site.robots is not None:
+                return self._send(200, site.robots.encode(), "text/plain")
             if path == "/loop":
                 return self._send(302, b"", headers={"Location": "/loop"})
             if path == "/redirect.jpg":

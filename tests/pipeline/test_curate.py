@@ -92,7 +92,7 @@ def _curate(inp: Path, out: Path, *extra: str) -> int:
             "--resize-mode", "keep_ratio", "--image-size", "128",
             "--samples-per-shard", "4", "--timeout", "3", "--read-timeout", "2",
             "--retries", "1", "--max-bytes", str(2 * 1024 * 1024),
-            "--save-additional-columns", "source", "--recipe", "none",
+            "--save-additional-columns", "source", "--recipe", "none", "--allow-private-networks",
             *extra,
         ]
     )  # fmt: skip

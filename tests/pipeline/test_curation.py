@@ -121,6 +121,7 @@ def _run(site, tmp_path: Path, *extra: str, only: tuple[str, ...] = ()) -> Path:
         str(out),
         "--image-size",
         "128",
+        "--allow-private-networks",
         *extra,
     ]
     assert main(args) == 0

@@ -5,16 +5,22 @@ import time
 
 import pytest
 
-from pipeline.download import DownloadConfig, fetch, fetch_row, make_pool, opted_out
+from pipeline.download import Crawler, DownloadConfig, fetch, fetch_row, opted_out
 
 CFG = DownloadConfig(
-    deadline=2.0, read_timeout=1.0, connect_timeout=1.0, retries=1, backoff=0.05, max_bytes=1 << 20
+    allow_private_networks=True,
+    deadline=2.0,
+    read_timeout=1.0,
+    connect_timeout=1.0,
+    retries=1,
+    backoff=0.05,
+    max_bytes=1 << 20,
 )
 
 
 @pytest.fixture(scope="module")
 def http():
-    return make_pool(CFG)
+    return Crawler(CFG)
 
 
 @pytest.mark.parametrize(
@@ -34,9 +40,9 @@ def test_failures_are_classified(site, http, path, reason):
 
 
 def test_trickling_server_cannot_extend_the_deadline(site, http):
-    cfg = DownloadConfig(deadline=1.5, read_timeout=1.0, retries=0)
+    cfg = DownloadConfig(allow_private_networks=True, deadline=1.5, read_timeout=1.0, retries=0)
     start = time.monotonic()
-    got = fetch(site.url("/slow.jpg"), cfg, http)
+    got = fetch(site.url("/slow.jpg"), cfg, Crawler(cfg))
     assert got.reason == "timeout"
     assert time.monotonic() - start < cfg.deadline + 0.5  # bytes arrive every 0.5 s, forever
 
@@ -48,7 +54,11 @@ def test_retry_recovers_from_one_500(site, http):
 
 def test_retry_after_is_honoured(site, http):
     start = time.monotonic()
-    got = fetch(site.url("/ratelimited.jpg"), DownloadConfig(retries=1, backoff=0.01), http)
+    got = fetch(
+        site.url("/ratelimited.jpg"),
+        DownloadConfig(allow_private_networks=True, retries=1, backoff=0.01),
+        http,
+    )
     assert got.ok and time.monotonic() - start >= 0.9  # Retry-After: 1
 
 
@@ -62,7 +72,11 @@ def test_connection_refused_is_connect(http):
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()  # nothing listens there now
-    got = fetch(f"http://127.0.0.1:{port}/a.jpg", DownloadConfig(retries=0), http)
+    got = fetch(
+        f"http://127.0.0.1:{port}/a.jpg",
+        DownloadConfig(allow_private_networks=True, retries=0),
+        http,
+    )
     assert got.reason == "connect"
 
 

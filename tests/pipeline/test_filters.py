@@ -149,6 +149,7 @@ def test_filters_inside_a_job(site, tmp_path):
                 str(out),
                 "--recipe",
                 str(tmp_path / "recipe.json"),
+                "--allow-private-networks",
             ]
         )
         == 0
