@@ -39,6 +39,7 @@ from pipeline.shards import (
     light_row,
     public_row,
 )
+from pipeline.staging import STAGING_DIR, ReadStaged, SkipStaged, StageRows, staging_dir
 from pipeline.stats import STATS_NAME, LogProgress, WriteStats
 from schemas import Stats, StatsMismatchError, Status
 
@@ -57,6 +58,9 @@ class CurateConfig:
     shards: ShardConfig
     output: str
     recipe: Recipe = Recipe()
+    staging_flush_rows: int = (
+        1000  # rows per crawl-log file: what a crash can cost at most, per worker
+    )
     overwrite: bool = False
     resume: bool = False
 
@@ -136,16 +140,16 @@ def config_from_options(opts: CurateOptions) -> CurateConfig:
         shards=shards,
         output=opts.output,
         recipe=recipe,
+        staging_flush_rows=opts.staging_flush_rows,
         overwrite=opts.overwrite,
         resume=opts.resume,
     )
 
 
-def build(p: beam.Pipeline, cfg: CurateConfig, options_record: dict) -> None:
-    """The job graph. `cfg.read` must be resolved (see read.resolve)."""
+def read_and_fetch(p: beam.Pipeline, cfg: CurateConfig) -> dict:
+    """-> {"images": decoded rows (ok with `_image`, or not ok), "url_duplicates", "invalid",
+    "input_count"}: the source half of the job, logged to the staging area on the way."""
     extra = cfg.read.extra_fields
-    shards_cfg = replace(cfg.shards, extra_fields=extra)
-
     if cfg.read.input_format == "webdataset":
         # Existing shards: no download; keys come from the source shard and sample key.
         read = p | "ReadShards" >> ReadShards(ShardInput(cfg.read.input, cfg.read.extra_cols))
@@ -155,8 +159,29 @@ def build(p: beam.Pipeline, cfg: CurateConfig, options_record: dict) -> None:
         read = p | "ReadPairs" >> ReadPairs(cfg.read)
         deduped = read["pairs"] | "DedupeUrls" >> DedupeUrls()
         url_duplicates = deduped["duplicates"]
-        fetched = deduped["unique"] | "DownloadImages" >> DownloadImages(cfg.download)
-    images = fetched | "DecodeResize" >> DecodeResize(cfg.image)
+        pairs = deduped["unique"]
+        if cfg.resume:
+            staged = p | "ReadStaged" >> ReadStaged(cfg.output)
+            pairs = {"pairs": pairs, "staged": staged} | "SkipStaged" >> SkipStaged()
+        fetched = pairs | "DownloadImages" >> DownloadImages(cfg.download)
+    images = (
+        fetched
+        | "DecodeResize" >> DecodeResize(cfg.image)
+        | "StageRows" >> StageRows(cfg.output, extra, cfg.staging_flush_rows)
+    )
+    if cfg.resume and cfg.read.input_format != "webdataset":
+        images = (images, staged) | "WithStaged" >> beam.Flatten()
+    return {
+        "images": images,
+        "url_duplicates": url_duplicates,
+        "invalid": read["invalid"],
+        "input_count": read["input_count"],
+    }
+
+
+def curate_and_write(images, cfg: CurateConfig) -> dict:
+    """Decoded rows -> curation stages -> shards. -> {"rows": written, "removed", "shards", "not_ok"}."""
+    p = images.pipeline
     ok = images | "OnlyOk" >> beam.Filter(lambda r: r["status"] == Status.OK)
     not_ok = (
         images
@@ -177,15 +202,22 @@ def build(p: beam.Pipeline, cfg: CurateConfig, options_record: dict) -> None:
         removed.append(p | "NoDecisions" >> beam.Create([]))
     # A survivor of one stage may be removed by a later one: name the final survivor.
     decisions = removed | "AllDecisions" >> beam.Flatten() | "ResolveSurvivors" >> ResolveChains()
+    shards_cfg = replace(cfg.shards, extra_fields=cfg.read.extra_fields)
     written = {"rows": ok, "survivors": light, "removed": decisions} | "WriteShards" >> WriteShards(
         shards_cfg
     )
+    return {**written, "not_ok": not_ok}
 
+
+def build(p: beam.Pipeline, cfg: CurateConfig, options_record: dict) -> None:
+    """The job graph. `cfg.read` must be resolved (see read.resolve)."""
+    source = read_and_fetch(p, cfg)
+    written = curate_and_write(source["images"], cfg)
     rejects = (
-        not_ok,
+        written["not_ok"],
         written["removed"],
-        url_duplicates,
-        read["invalid"],
+        source["url_duplicates"],
+        source["invalid"],
     ) | "AllRejects" >> beam.Flatten()
     results = (
         (written["rows"], rejects)
@@ -194,34 +226,51 @@ def build(p: beam.Pipeline, cfg: CurateConfig, options_record: dict) -> None:
     )
     _ = rejects | "WriteRejects" >> beam.io.WriteToParquet(
         FileSystems.join(cfg.output, REJECTS_DIR, "rejects"),
-        parquet_schema(extra),
+        parquet_schema(cfg.read.extra_fields),
         file_name_suffix=".parquet",
     )
     _ = written["shards"] | "WriteManifest" >> WriteManifest(cfg.output, options_record)
-    _ = {
+    stats_inputs = {
         "results": results,
         "written": written["rows"],
-        "input_count": read["input_count"],
+        "input_count": source["input_count"],
         "shards": written["shards"],
-    } | "WriteStats" >> WriteStats(cfg.output)
+    }
+    _ = stats_inputs | "WriteStats" >> WriteStats(cfg.output)
 
 
 def prepare_output(cfg: CurateConfig) -> None:
-    """Refuse to clobber a run unless asked; clear it when --overwrite is given."""
+    """Refuse to clobber a run unless asked; clear it for --overwrite; keep the staging log
+    (and only it) for --resume."""
     out = cfg.output
     finished = FileSystems.exists(FileSystems.join(out, MANIFEST_NAME))
+    names = (
+        SHARDS_DIR,
+        REJECTS_DIR,
+        STATS_NAME,
+        MANIFEST_NAME,
+        REPORT_NAME,
+        FOUND_NAME,
+        STAGING_DIR,
+    )
     leftovers = [
-        FileSystems.join(out, name)
-        for name in (SHARDS_DIR, REJECTS_DIR, STATS_NAME, MANIFEST_NAME, REPORT_NAME, FOUND_NAME)
-        if FileSystems.exists(FileSystems.join(out, name))
+        FileSystems.join(out, n) for n in names if FileSystems.exists(FileSystems.join(out, n))
     ]
+    if cfg.resume and cfg.overwrite:
+        raise InputError("--resume and --overwrite contradict each other; pass one")
     if cfg.resume:
-        raise InputError("--resume is not available yet; re-run with --overwrite to start over")
-    if leftovers and not cfg.overwrite:
-        what = "a finished run" if finished else "an unfinished run"
+        if finished:
+            raise InputError(
+                f"--output {out} holds a finished run: nothing to resume (--overwrite redoes it)"
+            )
+        if not FileSystems.exists(staging_dir(out)):
+            logger.info("--resume: nothing was staged in %s; starting from the beginning", out)
+        leftovers = [p for p in leftovers if not p.rstrip("/").endswith(STAGING_DIR)]
+    elif leftovers and not cfg.overwrite:
+        what = "a finished run" if finished else "an unfinished run (--resume continues it)"
         raise InputError(f"--output {out} already holds {what}; pass --overwrite to replace it")
     if leftovers:
-        logger.info("--overwrite: removing %s", ", ".join(leftovers))
+        logger.info("removing %s", ", ".join(leftovers))
         FileSystems.delete(leftovers)
 
 
@@ -264,7 +313,7 @@ def run(argv: list[str]) -> Stats:
     record = {
         k: v
         for k, v in opts.get_all_options(current_only=True).items()
-        if k not in ("overwrite", "resume")
+        if k not in ("overwrite", "resume", "keep_staging", "staging_flush_rows")
     }
 
     p = beam.Pipeline(options=options)
@@ -281,6 +330,8 @@ def run(argv: list[str]) -> Stats:
         stats = Stats.from_json(f.read().decode("utf-8"))
     stats.check()  # fails loudly when a row was lost or counted twice
     write_report(cfg.output)
+    if not opts.keep_staging and FileSystems.exists(staging_dir(cfg.output)):
+        FileSystems.delete([staging_dir(cfg.output)])  # the run is complete: the crawl log is spent
     return stats
 
 

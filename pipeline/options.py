@@ -66,7 +66,20 @@ class CurateOptions(PipelineOptions):
             "--resume",
             dest="resume",
             action="store_true",
-            help="continue an interrupted run in --output",
+            help="continue an interrupted run: download only what its crawl log lacks",
+        )
+        g.add_argument(
+            "--keep-staging",
+            dest="keep_staging",
+            action="store_true",
+            help="keep OUTPUT/_staging (the crawl log) after a successful run",
+        )
+        g.add_argument(
+            "--staging-flush-rows",
+            dest="staging_flush_rows",
+            type=int,
+            default=1000,
+            help="rows per crawl-log file (what a crash can cost, per worker)",
         )
 
         g = parser.add_argument_group("download")

@@ -101,6 +101,7 @@ class Site:
 
     def __init__(self, files: dict[str, tuple[bytes, str]]):
         self.robots: str | None = None  # robots.txt body, when set
+        self.delay = 0.0  # seconds before answering a file (a slow but honest server)
         self.files = dict(files)
         self.hits: dict[str, int] = {}
         self.log: list[tuple[float, str]] = []
@@ -137,6 +138,7 @@ def _make_handler(site: Site):
                 site.log.append((time.monotonic(), self.path))
             jpeg = site.files.get("/img/chelsea.jpg", next(iter(site.files.values())))[0]
             if path in site.files:
+                time.sleep(site.delay)
                 body, ctype = site.files[path]
                 return self._send(200, body, ctype)
             if path.startswith("/flaky/"):  # 500 on the first hit, then the image
