@@ -25,6 +25,7 @@ from pipeline.dedupe import DedupeUrls, ResolveChains
 from pipeline.download import DownloadConfig, DownloadImages, load_domain_list
 from pipeline.images import DecodeResize, ImageConfig
 from pipeline.options import CurateOptions
+from pipeline.previous import ExcludePrevious, check_previous, rejects_input
 from pipeline.read import InputError, ReadConfig, ReadPairs, resolve
 from pipeline.read_shards import ReadShards, ShardInput, list_tars
 from pipeline.recipe import Recipe, load_recipe, with_overrides
@@ -58,14 +59,25 @@ class CurateConfig:
     shards: ShardConfig
     output: str
     recipe: Recipe = Recipe()
-    staging_flush_rows: int = (
-        1000  # rows per crawl-log file: what a crash can cost at most, per worker
-    )
+    staging_flush_rows: int = 1000  # rows per crawl-log file: what a crash can cost, per worker
+    incremental: str | None = None  # a previous output whose samples are not fetched again
+    retry_failed: str | None = None  # a previous output whose transient failures are the input
     overwrite: bool = False
     resume: bool = False
 
 
 def config_from_options(opts: CurateOptions) -> CurateConfig:
+    if opts.retry_failed:
+        if opts.input:
+            raise InputError(
+                "--retry-failed reads its input from the previous output; drop --input"
+            )
+        check_previous(opts.retry_failed, "--retry-failed")
+        opts.input, opts.input_format = rejects_input(opts.retry_failed)[0], "parquet"
+        opts.url_col, opts.caption_col = "url", "caption"
+        opts.save_additional_columns = rejects_input(opts.retry_failed)[1]
+    if opts.incremental:
+        check_previous(opts.incremental, "--incremental")
     if not opts.input:
         raise InputError("--input is required")
     if not opts.output:
@@ -86,6 +98,7 @@ def config_from_options(opts: CurateOptions) -> CurateConfig:
         caption_col=opts.caption_col or None,
         extra_cols=tuple(opts.save_additional_columns),
         max_url_length=opts.max_url_length,
+        retry_failed=bool(opts.retry_failed),
     )
     download = DownloadConfig(
         threads=opts.threads,
@@ -141,6 +154,8 @@ def config_from_options(opts: CurateOptions) -> CurateConfig:
         output=opts.output,
         recipe=recipe,
         staging_flush_rows=opts.staging_flush_rows,
+        incremental=opts.incremental,
+        retry_failed=opts.retry_failed,
         overwrite=opts.overwrite,
         resume=opts.resume,
     )
@@ -160,6 +175,13 @@ def read_and_fetch(p: beam.Pipeline, cfg: CurateConfig) -> dict:
         deduped = read["pairs"] | "DedupeUrls" >> DedupeUrls()
         url_duplicates = deduped["duplicates"]
         pairs = deduped["unique"]
+        if cfg.incremental:
+            fresh = pairs | "ExcludePrevious" >> ExcludePrevious(cfg.incremental)
+            pairs = fresh["pairs"]
+            url_duplicates = (
+                url_duplicates,
+                fresh["duplicates"],
+            ) | "AllUrlDuplicates" >> beam.Flatten()
         if cfg.resume:
             staged = p | "ReadStaged" >> ReadStaged(cfg.output)
             pairs = {"pairs": pairs, "staged": staged} | "SkipStaged" >> SkipStaged()
@@ -229,7 +251,10 @@ def build(p: beam.Pipeline, cfg: CurateConfig, options_record: dict) -> None:
         parquet_schema(cfg.read.extra_fields),
         file_name_suffix=".parquet",
     )
-    _ = written["shards"] | "WriteManifest" >> WriteManifest(cfg.output, options_record)
+    lineage = cfg.incremental or cfg.retry_failed  # this output extends that one
+    _ = written["shards"] | "WriteManifest" >> WriteManifest(
+        cfg.output, options_record, source=lineage
+    )
     stats_inputs = {
         "results": results,
         "written": written["rows"],

@@ -69,6 +69,18 @@ class CurateOptions(PipelineOptions):
             help="continue an interrupted run: download only what its crawl log lacks",
         )
         g.add_argument(
+            "--incremental",
+            dest="incremental",
+            default=None,
+            help="a previous output: skip URLs it already holds",
+        )
+        g.add_argument(
+            "--retry-failed",
+            dest="retry_failed",
+            default=None,
+            help="a previous output: re-attempt only its transient failures (timeouts, dns, 429, 5xx)",
+        )
+        g.add_argument(
             "--keep-staging",
             dest="keep_staging",
             action="store_true",

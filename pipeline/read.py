@@ -11,6 +11,7 @@ the csv module so that quoted newlines survive.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import logging
@@ -48,6 +49,7 @@ class ReadConfig:
     extra_cols: tuple[str, ...] = ()  # --save-additional-columns, passed through to results
     max_url_length: int = 2048
     extra_fields: tuple[pa.Field, ...] = field(default=(), compare=False)  # filled by resolve()
+    retry_failed: bool = False  # input is a previous run's rejects: keep only transient failures
 
     @property
     def patterns(self) -> list[str]:
@@ -129,14 +131,8 @@ def resolve(cfg: ReadConfig) -> ReadConfig:
         )
     by_name = {f.name: f for f in fields}
     extra_fields = tuple(_passthrough_field(by_name[c]) for c in cfg.extra_cols if c in by_name)
-    return ReadConfig(
-        input=cfg.input,
-        input_format=fmt,
-        url_col=cfg.url_col,
-        caption_col=cfg.caption_col or None,
-        extra_cols=cfg.extra_cols,
-        max_url_length=cfg.max_url_length,
-        extra_fields=extra_fields,
+    return dataclasses.replace(
+        cfg, input_format=fmt, caption_col=cfg.caption_col or None, extra_fields=extra_fields
     )
 
 
@@ -302,6 +298,7 @@ class ReadRawRows(beam.PTransform):
                     [cfg.url_col]
                     + ([cfg.caption_col] if cfg.caption_col else [])
                     + list(cfg.extra_cols)
+                    + (["status", "reason"] if cfg.retry_failed else [])
                 )
                 rows = pbegin | f"ReadParquet{i}" >> beam.io.ReadFromParquet(
                     pattern, columns=list(dict.fromkeys(columns))
@@ -326,9 +323,14 @@ class ReadRawRows(beam.PTransform):
                     | f"ParseTxt{i}" >> beam.Map(lambda line: {"url": line.strip() or None})
                 )
             sources.append(rows)
-        if len(sources) == 1:
-            return sources[0]
-        return tuple(sources) | "FlattenInputs" >> beam.Flatten()
+        rows = (
+            sources[0] if len(sources) == 1 else tuple(sources) | "FlattenInputs" >> beam.Flatten()
+        )
+        if cfg.retry_failed:
+            rows = rows | "OnlyTransientFailures" >> beam.Filter(
+                lambda r: r.get("status") == Status.FAILED and Reason.is_transient(r.get("reason"))
+            )
+        return rows
 
 
 class ReadPairs(beam.PTransform):

@@ -70,6 +70,7 @@ class Reason:
     DUPLICATE_IMAGE = "duplicate_image"  # same decoded pixels (or bytes)
     NEAR_DUPLICATE = "near_duplicate"  # perceptual hash within the threshold
     DUPLICATE_CAPTION = "duplicate_caption"  # near-identical caption (MinHash)
+    IN_PREVIOUS = "in_previous_output"  # --incremental: the previous output holds this sample
 
     TRANSIENT = frozenset({DNS, CONNECT, TIMEOUT, NETWORK, CIRCUIT_OPEN})
 

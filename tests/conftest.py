@@ -147,6 +147,10 @@ def _make_handler(site: Site):
                     if hits == 1
                     else self._send(200, jpeg, "image/jpeg")
                 )
+            if path.startswith("/down-then-up/"):  # 503 twice, then the image
+                return (
+                    self._send(503, b"down") if hits <= 2 else self._send(200, jpeg, "image/jpeg")
+                )
             if path.startswith("/always500/"):
                 return self._send(503, b"down")
             if path == "/ratelimited.jpg":
