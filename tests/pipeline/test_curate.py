@@ -90,7 +90,7 @@ def _curate(inp: Path, out: Path, *extra: str) -> int:
         [
             "--input", str(inp), "--output", str(out),
             "--resize-mode", "keep_ratio", "--image-size", "128",
-            "--samples-per-shard", "4", "--timeout", "3", "--read-timeout", "2",
+            "--samples-per-shard", "4", "--timeout", "1.5", "--read-timeout", "1",
             "--retries", "1", "--max-bytes", str(2 * 1024 * 1024),
             "--save-additional-columns", "source", "--recipe", "none", "--allow-private-networks",
             *extra,

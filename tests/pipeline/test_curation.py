@@ -228,7 +228,10 @@ def test_every_stage_runs_in_multi_processing_mode_with_the_same_result(
     (tmp_path / "block.txt").write_text("gravel\n")
     recipe = {
         "stages": ["decontaminate", "filters", "exact_dedupe", "near_dedupe", "caption_dedupe"],
-        "captions": {"clean": True},
+        "captions": {
+            "clean": True,
+            "candidate_languages": ["en", "de", "fr"],
+        },  # fewer models to load
         "filters": {"languages": ["en"], "blocklist": str(tmp_path / "block.txt"), "min_side": 40},
         "decontaminate": {"source": str(tmp_path / "eval")},
     }
