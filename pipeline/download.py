@@ -125,18 +125,10 @@ class Crawler:
 
 
 def load_domain_list(path: str | None) -> tuple[str, ...]:
-    """Domains, one per line ('#' comments), from any Beam filesystem; read once on the driver."""
-    if not path:
-        return ()
-    from apache_beam.io.filesystems import FileSystems
+    """Domains, one per line, never to be fetched (with their subdomains)."""
+    from pipeline.read import read_list_file
 
-    if not FileSystems.exists(path):
-        raise ValueError(f"--opt-out-domains file {path!r} does not exist")
-    with FileSystems.open(path) as f:
-        lines = f.read().decode("utf-8").splitlines()
-    return tuple(
-        d.strip().lower().strip(".") for d in lines if d.strip() and not d.lstrip().startswith("#")
-    )
+    return tuple(d.strip(".") for d in read_list_file(path, "--opt-out-domains"))
 
 
 def domain_opted_out(host: str, domains: frozenset[str]) -> str | None:

@@ -12,10 +12,10 @@ import re
 from dataclasses import dataclass
 
 import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from pipeline.captions import boilerplate_reason, words
+from pipeline.read import read_list_file
 from pipeline.results import decision
 from schemas import Reason, Status
 
@@ -40,15 +40,7 @@ class FilterConfig:
 
 
 def load_blocklist(path: str | None) -> tuple[str, ...]:
-    if not path:
-        return ()
-    if not FileSystems.exists(path):
-        raise ValueError(f"blocklist file {path!r} does not exist")
-    with FileSystems.open(path) as f:
-        lines = f.read().decode("utf-8").splitlines()
-    return tuple(
-        t.strip().casefold() for t in lines if t.strip() and not t.lstrip().startswith("#")
-    )
+    return read_list_file(path, "blocklist")
 
 
 def blocklist_pattern(terms: tuple[str, ...]) -> re.Pattern | None:

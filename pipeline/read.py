@@ -75,6 +75,20 @@ def detect_format(path: str) -> str:
     raise InputError(f"cannot tell the format of {path!r} from its extension; pass --input-format")
 
 
+def read_list_file(path: str | None, flag: str) -> tuple[str, ...]:
+    """Non-empty lines of a small list file ('#' starts a comment line), casefolded, from any
+    Beam filesystem; read once on the driver. Blocklists, opt-out domain lists."""
+    if not path:
+        return ()
+    if not FileSystems.exists(path):
+        raise InputError(f"{flag} file {path!r} does not exist")
+    with FileSystems.open(path) as f:
+        lines = f.read().decode("utf-8").splitlines()
+    return tuple(
+        t.strip().casefold() for t in lines if t.strip() and not t.lstrip().startswith("#")
+    )
+
+
 def _matched_files(patterns: list[str]) -> list[str]:
     files = []
     for pattern in patterns:

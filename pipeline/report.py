@@ -49,14 +49,17 @@ def row_features(row: dict) -> list[tuple[str, str]]:
     return out
 
 
-class DistributionsFn(beam.CombineFn):
-    """(distribution, bucket) pairs -> {distribution: {bucket: count}}; small accumulators."""
+class CounterCombineFn(beam.CombineFn):
+    """Elements -> {label(element): count} with small accumulators; subclasses choose the label."""
+
+    def label(self, element):
+        return element
 
     def create_accumulator(self):
         return collections.Counter()
 
-    def add_input(self, acc, pair):
-        acc[pair] += 1
+    def add_input(self, acc, element):
+        acc[self.label(element)] += 1
         return acc
 
     def merge_accumulators(self, accs):
@@ -64,6 +67,13 @@ class DistributionsFn(beam.CombineFn):
         for a in accs:
             out.update(a)
         return out
+
+    def extract_output(self, acc):
+        return dict(acc)
+
+
+class DistributionsFn(CounterCombineFn):
+    """(distribution, bucket) pairs -> {distribution: {bucket: count}}; small accumulators."""
 
     def extract_output(self, acc):
         out: dict[str, dict[str, int]] = {}

@@ -19,6 +19,7 @@ from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
+from pipeline.dedupe import DropRemoved
 from pipeline.results import rows_to_table
 
 STAGING_DIR = "_staging"
@@ -112,27 +113,11 @@ class ReadStaged(beam.PTransform):
         )
 
 
-class _SkipStagedFn(beam.DoFn):
-    def __init__(self):
-        self.skipped = Metrics.counter("staging", "resumed_rows")
-
-    def process(self, element):
-        _, groups = element
-        if list(groups["staged"]):
-            self.skipped.inc()
-            return
-        yield from groups["pairs"]
-
-
 class SkipStaged(beam.PTransform):
     """{"pairs", "staged"} -> the pairs whose key the staging log does not hold (a join by key)."""
 
     def expand(self, pcolls):
-        return (
-            {
-                "pairs": pcolls["pairs"] | "KeyPairs" >> beam.Map(lambda p: (p["key"], p)),
-                "staged": pcolls["staged"] | "KeyStaged" >> beam.Map(lambda r: (r["key"], 1)),
-            }
-            | "Join" >> beam.CoGroupByKey()
-            | "Skip" >> beam.ParDo(_SkipStagedFn())
-        )
+        return {
+            "light": pcolls["pairs"],
+            "removed": pcolls["staged"],
+        } | "DropStaged" >> DropRemoved()

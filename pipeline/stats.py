@@ -15,7 +15,7 @@ import time
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.report import Distributions
+from pipeline.report import CounterCombineFn, Distributions
 from pipeline.urls import domain_of
 from schemas import Stats, Status
 
@@ -24,24 +24,11 @@ STATS_NAME = "stats.json"
 TOP_DOMAINS = 100
 
 
-class CountOutcomesFn(beam.CombineFn):
+class CountOutcomesFn(CounterCombineFn):
     """Result rows -> {(status, reason): count}; small whatever the input size."""
 
-    def create_accumulator(self):
-        return collections.Counter()
-
-    def add_input(self, acc, row):
-        acc[(row["status"], row.get("reason") if row["status"] != Status.OK else None)] += 1
-        return acc
-
-    def merge_accumulators(self, accs):
-        out = collections.Counter()
-        for a in accs:
-            out.update(a)
-        return out
-
-    def extract_output(self, acc):
-        return dict(acc)
+    def label(self, row):
+        return (row["status"], row.get("reason") if row["status"] != Status.OK else None)
 
 
 def build_stats(
