@@ -10,9 +10,8 @@
 from __future__ import annotations
 
 import logging
-import math
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import apache_beam as beam
 import pyarrow as pa
@@ -22,19 +21,17 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from pipeline.captions import AnnotateCaptions
 from pipeline.decontaminate import FOUND_NAME
 from pipeline.dedupe import DedupeUrls, ResolveChains
-from pipeline.download import DownloadConfig, DownloadImages, load_domain_list
-from pipeline.images import DecodeResize, ImageConfig
-from pipeline.options import CurateOptions
-from pipeline.previous import ExcludePrevious, check_previous, rejects_input
-from pipeline.read import InputError, ReadConfig, ReadPairs, resolve
+from pipeline.download import DownloadImages
+from pipeline.images import DecodeResize
+from pipeline.options import CurateConfig, CurateOptions, config_from_options
+from pipeline.previous import ExcludePrevious
+from pipeline.read import InputError, ReadPairs, resolve
 from pipeline.read_shards import ReadShards, ShardInput, list_tars
-from pipeline.recipe import Recipe, load_recipe, with_overrides
 from pipeline.report import REPORT_NAME, write_report
 from pipeline.results import parquet_schema
 from pipeline.shards import (
     MANIFEST_NAME,
     SHARDS_DIR,
-    ShardConfig,
     WriteManifest,
     WriteShards,
     light_row,
@@ -49,116 +46,6 @@ PROG = "webpairs curate"
 REJECTS_DIR = "rejects"
 # Runners whose job servers take options this process does not know about.
 _PORTABLE_RUNNERS = ("flinkrunner", "sparkrunner", "portablerunner", "prismrunner", "samzarunner")
-
-
-@dataclass(frozen=True)
-class CurateConfig:
-    read: ReadConfig
-    download: DownloadConfig
-    image: ImageConfig
-    shards: ShardConfig
-    output: str
-    recipe: Recipe = Recipe()
-    staging_flush_rows: int = 1000  # rows per crawl-log file: what a crash can cost, per worker
-    incremental: str | None = None  # a previous output whose samples are not fetched again
-    retry_failed: str | None = None  # a previous output whose transient failures are the input
-    overwrite: bool = False
-    resume: bool = False
-
-
-def config_from_options(opts: CurateOptions) -> CurateConfig:
-    if opts.retry_failed:
-        if opts.input:
-            raise InputError(
-                "--retry-failed reads its input from the previous output; drop --input"
-            )
-        check_previous(opts.retry_failed, "--retry-failed")
-        opts.input, opts.input_format = rejects_input(opts.retry_failed)[0], "parquet"
-        opts.url_col, opts.caption_col = "url", "caption"
-        opts.save_additional_columns = rejects_input(opts.retry_failed)[1]
-    if opts.incremental:
-        check_previous(opts.incremental, "--incremental")
-    if not opts.input:
-        raise InputError("--input is required")
-    if not opts.output:
-        raise InputError("--output is required")
-    for flag, value in (
-        ("--threads", opts.threads),
-        ("--image-size", opts.image_size),
-        ("--samples-per-shard", opts.samples_per_shard),
-    ):
-        if value < 1:
-            raise InputError(f"{flag} must be at least 1, got {value}")
-    if not 0 <= opts.encode_quality <= 100:
-        raise InputError(f"--encode-quality must be in 0..100, got {opts.encode_quality}")
-    read = ReadConfig(
-        input=opts.input,
-        input_format=opts.input_format,
-        url_col=opts.url_col,
-        caption_col=opts.caption_col or None,
-        extra_cols=tuple(opts.save_additional_columns),
-        max_url_length=opts.max_url_length,
-        retry_failed=bool(opts.retry_failed),
-    )
-    download = DownloadConfig(
-        threads=opts.threads,
-        connect_timeout=opts.connect_timeout,
-        read_timeout=opts.read_timeout,
-        deadline=opts.timeout,
-        retries=opts.retries,
-        user_agent=opts.user_agent,
-        user_agent_token=opts.user_agent_token,
-        max_bytes=opts.max_bytes,
-        max_redirects=opts.max_redirects,
-        disallowed_directives=tuple(opts.disallowed_header_directives),
-        allow_private_networks=opts.allow_private_networks,
-        allow_networks=tuple(opts.allow_networks),
-        per_host=opts.per_host,
-        host_interval=opts.host_interval,
-        host_buckets=opts.host_buckets,
-        breaker_failures=opts.breaker_failures,
-        robots=opts.robots,
-        opt_out_domains=load_domain_list(opts.opt_out_domains),
-        dns_timeout=opts.dns_timeout,
-    )
-    image = ImageConfig(
-        image_size=opts.image_size,
-        resize_mode=opts.resize_mode,
-        resize_only_if_bigger=opts.resize_only_if_bigger,
-        output_format=opts.output_format,
-        encode_quality=opts.encode_quality,
-        max_pixels=opts.max_pixels,
-        min_image_size=opts.min_image_size,
-        max_aspect_ratio=opts.max_aspect_ratio or math.inf,
-        threads=opts.decode_threads,
-    )
-    shards = ShardConfig(
-        output=opts.output,
-        samples_per_shard=opts.samples_per_shard,
-        bytes_per_shard=opts.bytes_per_shard,
-    )
-    recipe = with_overrides(
-        load_recipe(opts.recipe),
-        stages=opts.stages,
-        near_dup_threshold=opts.near_dup_threshold,
-        languages=opts.languages,
-        blocklist=opts.blocklist,
-        clean_captions=opts.clean_captions,
-        decontaminate=opts.decontaminate,
-    )
-    return CurateConfig(
-        read=read,
-        download=download,
-        image=image,
-        shards=shards,
-        output=opts.output,
-        recipe=recipe,
-        staging_flush_rows=opts.staging_flush_rows,
-        incremental=opts.incremental,
-        retry_failed=opts.retry_failed,
-        overwrite=opts.overwrite,
-        resume=opts.resume,
-    )
 
 
 def read_and_fetch(p: beam.Pipeline, cfg: CurateConfig) -> dict:

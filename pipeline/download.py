@@ -3,49 +3,35 @@
     row = fetch_row(pair, Crawler(cfg), cfg)
     rows = pairs | "DownloadImages" >> DownloadImages(DownloadConfig(threads=64))
 
-Per request: connect/read timeouts and one total deadline that a trickling server cannot
-extend, bounded retries with jittered backoff on transient failures (timeouts, connection
-errors, 429, 5xx; Retry-After honoured up to a cap), redirects followed by hand (counted,
-scheme-checked), a byte cap enforced while streaming, magic-byte sniffing (an HTML page is
-not an image whatever its Content-Type says) and the X-Robots-Tag opt-out directives.
+Around each request (pipeline/fetch.py: deadline, byte cap, redirects, SSRF guard, opt-out
+headers): the opt-out domain list, robots.txt, the host's concurrency cap and interval, bounded
+retries with jittered backoff on transient failures (timeouts, connection errors, 429, 5xx;
+Retry-After honoured up to a cap), the circuit breaker, and magic-byte sniffing (an HTML page
+is not an image whatever its Content-Type says).
 """
 
 from __future__ import annotations
 
-import email.utils
 import hashlib
 import random
-import socket
-import ssl
 import time
-import zlib
 from dataclasses import dataclass
 from functools import partial
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlsplit
 
 import apache_beam as beam
 import urllib3
-from urllib3.exceptions import (
-    ConnectTimeoutError,
-    LocationParseError,
-    MaxRetryError,
-    NameResolutionError,
-    NewConnectionError,
-    ReadTimeoutError,
-    SSLError,
-)
 
 from pipeline.concurrency import ThreadedMapFn
+from pipeline.fetch import Fetched, fetch_once, is_retryable
 from pipeline.hosts import CircuitOpen, HostBusy, HostPolicy, RobotsCache
 from pipeline.images import sniff_mime
-from pipeline.netsafety import BlockedAddress, DnsError, Resolver, check_address
+from pipeline.netsafety import Resolver
 from pipeline.results import result_row
 from schemas import Reason, Status
 
 DEFAULT_USER_AGENT = "webpairs/0.1 (image-text dataset builder; honours X-Robots-Tag noai)"
 DEFAULT_DISALLOWED = ("noai", "noimageai", "noindex", "noimageindex")
-_REDIRECTS = (301, 302, 303, 307, 308)
-_CHUNK = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -77,29 +63,6 @@ class DownloadConfig:
     breaker_cooldown: float = 120.0
     robots: bool = False  # honour robots.txt for user_agent_token (RFC 9309)
     opt_out_domains: tuple[str, ...] = ()  # domains (and their subdomains) never fetched
-
-
-@dataclass
-class Fetched:
-    ok: bool
-    reason: str | None = None
-    error: str | None = None
-    http_status: int | None = None
-    data: bytes | None = None
-    final_url: str | None = None
-    retry_after: float | None = None
-
-
-class _Failure(Exception):
-    def __init__(
-        self,
-        reason: str,
-        detail: str,
-        http_status: int | None = None,
-        retry_after: float | None = None,
-    ):
-        super().__init__(detail)
-        self.reason, self.http_status, self.retry_after = reason, http_status, retry_after
 
 
 class Crawler:
@@ -139,214 +102,6 @@ def domain_opted_out(host: str, domains: frozenset[str]) -> str | None:
         if candidate in domains:
             return candidate
     return None
-
-
-def opted_out(header_values: list[str], disallowed: tuple[str, ...], ua_token: str) -> str | None:
-    """The directive that forbids use, from X-Robots-Tag header values, or None.
-
-    `X-Robots-Tag: noai` applies to every crawler; `X-Robots-Tag: otherbot: noai` only to
-    otherbot. Several directives may share a line, comma-separated.
-    """
-    if not disallowed:
-        return None
-    wanted = {d.lower() for d in disallowed}
-    ua = ua_token.lower()
-    for value in header_values:
-        directives = [d.strip().lower() for d in value.split(",")]
-        scope = None
-        head = directives[0]
-        if ":" in head:
-            name, _, rest = head.partition(":")
-            if name.strip() not in ("unavailable_after",):
-                scope, directives[0] = name.strip(), rest.strip()
-        if scope is not None and scope != ua:
-            continue
-        for d in directives:
-            if d in wanted:
-                return d
-    return None
-
-
-def _retry_after_seconds(value: str | None) -> float | None:
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-def _classify(exc: BaseException) -> tuple[str, str]:
-    if isinstance(exc, MaxRetryError) and exc.reason is not None:
-        exc = exc.reason
-    detail = f"{type(exc).__name__}: {exc}"
-    if isinstance(exc, BlockedAddress):
-        return Reason.BLOCKED_ADDRESS, str(exc)
-    if isinstance(exc, (NameResolutionError, socket.gaierror, DnsError)):
-        return Reason.DNS, detail
-    # NewConnectionError subclasses ConnectTimeoutError in urllib3 2: test it first.
-    if isinstance(exc, (NewConnectionError, ConnectionRefusedError)):
-        return Reason.CONNECT, detail
-    if isinstance(exc, (ConnectTimeoutError, ReadTimeoutError, socket.timeout, TimeoutError)):
-        return Reason.TIMEOUT, detail
-    if isinstance(exc, (SSLError, ssl.SSLError)):
-        return Reason.TLS, detail
-    if isinstance(exc, LocationParseError):
-        return Reason.UNPARSABLE_URL, detail
-    return Reason.NETWORK, detail  # ProtocolError (reset, incomplete read) and the rest
-
-
-def _set_read_timeout(resp, seconds: float) -> None:
-    # The total deadline: no single read may wait past it, however slowly bytes trickle.
-    sock = getattr(getattr(resp, "connection", None), "sock", None)
-    if sock is not None:
-        sock.settimeout(max(0.001, seconds))
-
-
-def _read_body(resp, cfg: DownloadConfig, deadline_at: float, max_bytes: int) -> bytes:
-    encoding = (resp.headers.get("Content-Encoding") or "identity").strip().lower()
-    if encoding not in ("identity", "gzip", "x-gzip", "deflate"):
-        raise _Failure(Reason.NETWORK, f"unsupported Content-Encoding {encoding!r}")
-    inflater = None
-    if encoding != "identity":
-        inflater = zlib.decompressobj(47 if "gzip" in encoding else zlib.MAX_WBITS)
-    parts, size = [], 0
-    while True:
-        remaining = deadline_at - time.monotonic()
-        if remaining <= 0:
-            raise _Failure(
-                Reason.TIMEOUT, f"deadline of {cfg.deadline}s passed while reading the body"
-            )
-        _set_read_timeout(resp, min(cfg.read_timeout, remaining))
-        chunk = resp.read1(_CHUNK, decode_content=False)
-        if not chunk:
-            break
-        if inflater is not None:
-            # Bounded inflation: a small compressed body cannot expand past the byte cap.
-            chunk = inflater.decompress(chunk, max_bytes + 1 - size)
-            if inflater.unconsumed_tail:
-                raise _Failure(Reason.TOO_LARGE, f"body inflates past {max_bytes} bytes")
-        size += len(chunk)
-        if size > max_bytes:
-            raise _Failure(Reason.TOO_LARGE, f"body exceeds {max_bytes} bytes")
-        parts.append(chunk)
-    return b"".join(parts)
-
-
-def _open(url: str, crawler: Crawler, headers: dict, timeout: urllib3.Timeout):
-    """One request to the address we checked (pinned), with Host and SNI of the URL's host."""
-    cfg = crawler.cfg
-    parts = urlsplit(url)
-    host, scheme = parts.hostname or "", parts.scheme
-    port = parts.port or (443 if scheme == "https" else 80)
-    ips = crawler.resolver.resolve(host)
-    for ip in ips:  # every address a name has, so a mixed answer cannot smuggle one in
-        check_address(ip, cfg.allow_private_networks, cfg.allow_networks)
-    pool_kwargs = {"assert_hostname": host, "server_hostname": host} if scheme == "https" else {}
-    pool = crawler.http.connection_from_host(ips[0], port, scheme, pool_kwargs=pool_kwargs)
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    host_header = f"[{host}]" if ":" in host else host
-    if parts.port and parts.port != (443 if scheme == "https" else 80):
-        host_header += f":{parts.port}"
-    resp = pool.urlopen(
-        "GET",
-        target,
-        headers={**headers, "Host": host_header},
-        redirect=False,
-        retries=False,
-        preload_content=False,
-        timeout=timeout,
-        assert_same_host=False,
-    )
-    sock = getattr(getattr(resp, "connection", None), "sock", None)
-    if sock is not None:  # the address actually connected to
-        try:
-            check_address(sock.getpeername()[0], cfg.allow_private_networks, cfg.allow_networks)
-        except BlockedAddress:
-            resp.close()
-            raise
-    return resp
-
-
-def fetch_once(
-    url: str, cfg: DownloadConfig, crawler: Crawler, max_bytes: int | None = None
-) -> Fetched:
-    deadline_at = time.monotonic() + cfg.deadline
-    headers = {
-        "User-Agent": cfg.user_agent,
-        "Accept": "image/*,*/*;q=0.5",
-        "Accept-Encoding": "identity",
-    }
-    current = url
-    resp = None
-    try:
-        for _hop in range(cfg.max_redirects + 1):
-            remaining = deadline_at - time.monotonic()
-            if remaining <= 0:
-                raise _Failure(
-                    Reason.TIMEOUT, f"deadline of {cfg.deadline}s passed during redirects"
-                )
-            timeout = urllib3.Timeout(
-                connect=min(cfg.connect_timeout, remaining), read=min(cfg.read_timeout, remaining)
-            )
-            resp = _open(current, crawler, headers, timeout)
-            if resp.status not in _REDIRECTS:
-                break
-            location = resp.headers.get("Location")
-            resp.drain_conn()
-            resp.release_conn()
-            resp = None
-            if not location:
-                raise _Failure(Reason.http(0), "redirect without a Location header")
-            current = urljoin(current, location)
-            if urlsplit(current).scheme not in ("http", "https"):
-                raise _Failure(Reason.BAD_SCHEME, f"redirect to a non-http(s) URL: {current[:200]}")
-        else:
-            raise _Failure(Reason.TOO_MANY_REDIRECTS, f"more than {cfg.max_redirects} redirects")
-        status = resp.status
-        if not 200 <= status < 300:
-            retry_after = _retry_after_seconds(resp.headers.get("Retry-After"))
-            raise _Failure(
-                Reason.http(status),
-                f"HTTP {status} {resp.reason or ''}".strip(),
-                status,
-                retry_after,
-            )
-        directive = opted_out(
-            resp.headers.getlist("X-Robots-Tag"), cfg.disallowed_directives, cfg.user_agent_token
-        )
-        if directive:
-            raise _Failure(Reason.OPTED_OUT, f"X-Robots-Tag: {directive}", status)
-        limit = max_bytes or cfg.max_bytes
-        length = resp.headers.get("Content-Length")
-        if length and length.strip().isdigit() and int(length) > limit:
-            raise _Failure(
-                Reason.TOO_LARGE, f"Content-Length {length} exceeds {limit} bytes", status
-            )
-        try:
-            data = _read_body(resp, cfg, deadline_at, limit)
-        except _Failure as f:
-            f.http_status = status
-            raise
-        return Fetched(True, http_status=status, data=data, final_url=current)
-    except _Failure as f:
-        return Fetched(
-            False, f.reason, str(f), f.http_status, final_url=current, retry_after=f.retry_after
-        )
-    except Exception as e:  # urllib3/socket/ssl/DNS errors, classified
-        reason, detail = _classify(e)
-        return Fetched(False, reason, detail, final_url=current)
-    finally:
-        if resp is not None:
-            resp.release_conn() if resp.isclosed() else resp.close()
-
-
-def is_retryable(f: Fetched) -> bool:
-    return Reason.is_transient(f.reason)
 
 
 def _robots_fetch(crawler: Crawler):

@@ -1,4 +1,5 @@
-"""Command-line options of `webpairs curate`, as a Beam `PipelineOptions` subclass.
+"""Command-line options of `webpairs curate`, as a Beam `PipelineOptions` subclass, and the
+typed configuration they become (`config_from_options`).
 
 Every Beam flag (`--runner`, `--direct_num_workers`, `--direct_running_mode`, Dataflow's
 `--project/--region/--temp_location/--sdk_container_image`, ...) passes straight through.
@@ -8,11 +9,22 @@ Every Beam flag (`--runner`, `--direct_num_workers`, `--direct_running_mode`, Da
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline.download import DEFAULT_DISALLOWED, DEFAULT_USER_AGENT
-from pipeline.images import OUTPUT_FORMATS, RESIZE_MODES
-from pipeline.read import FORMATS
+from pipeline.download import (
+    DEFAULT_DISALLOWED,
+    DEFAULT_USER_AGENT,
+    DownloadConfig,
+    load_domain_list,
+)
+from pipeline.images import OUTPUT_FORMATS, RESIZE_MODES, ImageConfig
+from pipeline.previous import check_previous, rejects_input
+from pipeline.read import FORMATS, InputError, ReadConfig
+from pipeline.recipe import Recipe, load_recipe, with_overrides
+from pipeline.shards import ShardConfig
 
 
 def _csv_list(text: str) -> tuple[str, ...]:
@@ -227,3 +239,113 @@ class CurateOptions(PipelineOptions):
         g.add_argument(
             "--decode-threads", dest="decode_threads", type=int, default=0, help="0: one per CPU"
         )
+
+
+@dataclass(frozen=True)
+class CurateConfig:
+    read: ReadConfig
+    download: DownloadConfig
+    image: ImageConfig
+    shards: ShardConfig
+    output: str
+    recipe: Recipe = Recipe()
+    staging_flush_rows: int = 1000  # rows per crawl-log file: what a crash can cost, per worker
+    incremental: str | None = None  # a previous output whose samples are not fetched again
+    retry_failed: str | None = None  # a previous output whose transient failures are the input
+    overwrite: bool = False
+    resume: bool = False
+
+
+def config_from_options(opts: CurateOptions) -> CurateConfig:
+    if opts.retry_failed:
+        if opts.input:
+            raise InputError(
+                "--retry-failed reads its input from the previous output; drop --input"
+            )
+        check_previous(opts.retry_failed, "--retry-failed")
+        opts.input, opts.input_format = rejects_input(opts.retry_failed)[0], "parquet"
+        opts.url_col, opts.caption_col = "url", "caption"
+        opts.save_additional_columns = rejects_input(opts.retry_failed)[1]
+    if opts.incremental:
+        check_previous(opts.incremental, "--incremental")
+    if not opts.input:
+        raise InputError("--input is required")
+    if not opts.output:
+        raise InputError("--output is required")
+    for flag, value in (
+        ("--threads", opts.threads),
+        ("--image-size", opts.image_size),
+        ("--samples-per-shard", opts.samples_per_shard),
+    ):
+        if value < 1:
+            raise InputError(f"{flag} must be at least 1, got {value}")
+    if not 0 <= opts.encode_quality <= 100:
+        raise InputError(f"--encode-quality must be in 0..100, got {opts.encode_quality}")
+    read = ReadConfig(
+        input=opts.input,
+        input_format=opts.input_format,
+        url_col=opts.url_col,
+        caption_col=opts.caption_col or None,
+        extra_cols=tuple(opts.save_additional_columns),
+        max_url_length=opts.max_url_length,
+        retry_failed=bool(opts.retry_failed),
+    )
+    download = DownloadConfig(
+        threads=opts.threads,
+        connect_timeout=opts.connect_timeout,
+        read_timeout=opts.read_timeout,
+        deadline=opts.timeout,
+        retries=opts.retries,
+        user_agent=opts.user_agent,
+        user_agent_token=opts.user_agent_token,
+        max_bytes=opts.max_bytes,
+        max_redirects=opts.max_redirects,
+        disallowed_directives=tuple(opts.disallowed_header_directives),
+        allow_private_networks=opts.allow_private_networks,
+        allow_networks=tuple(opts.allow_networks),
+        per_host=opts.per_host,
+        host_interval=opts.host_interval,
+        host_buckets=opts.host_buckets,
+        breaker_failures=opts.breaker_failures,
+        robots=opts.robots,
+        opt_out_domains=load_domain_list(opts.opt_out_domains),
+        dns_timeout=opts.dns_timeout,
+    )
+    image = ImageConfig(
+        image_size=opts.image_size,
+        resize_mode=opts.resize_mode,
+        resize_only_if_bigger=opts.resize_only_if_bigger,
+        output_format=opts.output_format,
+        encode_quality=opts.encode_quality,
+        max_pixels=opts.max_pixels,
+        min_image_size=opts.min_image_size,
+        max_aspect_ratio=opts.max_aspect_ratio or math.inf,
+        threads=opts.decode_threads,
+    )
+    shards = ShardConfig(
+        output=opts.output,
+        samples_per_shard=opts.samples_per_shard,
+        bytes_per_shard=opts.bytes_per_shard,
+    )
+    recipe = with_overrides(
+        load_recipe(opts.recipe),
+        stages=opts.stages,
+        near_dup_threshold=opts.near_dup_threshold,
+        languages=opts.languages,
+        blocklist=opts.blocklist,
+        clean_captions=opts.clean_captions,
+        decontaminate=opts.decontaminate,
+    )
+    return CurateConfig(
+        read=read,
+        download=download,
+        image=image,
+        shards=shards,
+        output=opts.output,
+        recipe=recipe,
+        staging_flush_rows=opts.staging_flush_rows,
+        incremental=opts.incremental,
+        retry_failed=opts.retry_failed,
+        overwrite=opts.overwrite,
+        resume=opts.resume,
+    )

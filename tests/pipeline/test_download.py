@@ -5,7 +5,8 @@ import time
 
 import pytest
 
-from pipeline.download import Crawler, DownloadConfig, fetch, fetch_row, opted_out
+from pipeline.download import Crawler, DownloadConfig, fetch, fetch_row
+from pipeline.fetch import opted_out
 
 CFG = DownloadConfig(
     allow_private_networks=True,

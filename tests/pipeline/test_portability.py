@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline.curate import build, config_from_options
-from pipeline.options import CurateOptions
+from pipeline.curate import build
+from pipeline.options import CurateOptions, config_from_options
 from pipeline.read import resolve
 
 DATAFLOW_FLAGS = [
