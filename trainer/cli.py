@@ -1,0 +1,180 @@
+"""Command-line options of `webpairs train`, turned into the typed configs of trainer/configs.py.
+
+args = build_train_parser().parse_args(["--data", "s/{0..3}.tar", "--output", "runs/x"])
+cfg = run_config_from_args(args)   # RunConfig(model=..., data=..., schedule=..., train=..., eval=...)
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from trainer.configs import (
+    DataConfig,
+    EvalConfig,
+    RunConfig,
+    ScheduleConfig,
+    TrainConfig,
+    UserError,
+    get_model_config,
+    list_models,
+    validate_model_config,
+)
+
+
+def build_train_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="webpairs train", description="Train a CLIP dual encoder on WebDataset shards."
+    )
+    d, m, o, e, r = TrainConfig(), DataConfig(), ScheduleConfig(), EvalConfig(), "store_true"
+    g = p.add_argument_group("data")
+    g.add_argument(
+        "--data",
+        nargs="+",
+        required=True,
+        metavar="SHARDS",
+        help="brace pattern, glob, manifest.json or URL; several for a mixture",
+    )
+    g.add_argument(
+        "--mix",
+        nargs="+",
+        type=float,
+        metavar="W",
+        help="mixing weight per --data source (needs --resampled)",
+    )
+    g.add_argument("--resampled", action=r, help="draw shards with replacement instead of epochs")
+    g.add_argument("--batch-size", type=int, default=m.batch_size, help="samples per rank per step")
+    g.add_argument("--workers", type=int, default=m.workers, help="loader processes per rank")
+    g.add_argument("--shuffle-buffer", type=int, default=m.shuffle_buffer)
+    g.add_argument(
+        "--max-skipped-fraction",
+        type=float,
+        default=m.max_skipped_fraction,
+        help="fail when a loader stream skips more than this share of corrupt samples",
+    )
+    g.add_argument("--tokenizer", help="tokenizer.json (default: byte-level, no file needed)")
+    g = p.add_argument_group("model")
+    g.add_argument(
+        "--model",
+        default="tiny",
+        help=f"preset: {', '.join(list_models())} (with --resume: the checkpoint's)",
+    )
+    g.add_argument("--image-size", type=int)
+    g.add_argument("--context-length", type=int)
+    g.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a model field, e.g. vision.width=96 (repeatable)",
+    )
+    g = p.add_argument_group("optimization")
+    g.add_argument("--steps", type=int, default=d.steps)
+    g.add_argument("--lr", type=float, default=o.lr)
+    g.add_argument("--min-lr", type=float, default=o.min_lr)
+    g.add_argument("--warmup", type=int, default=o.warmup_steps, help="warmup steps")
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    g.add_argument("--grad-clip", type=float, default=d.grad_clip, help="0 disables clipping")
+    g.add_argument("--precision", choices=["auto", "bf16", "fp32"], default=d.precision)
+    g.add_argument("--device", choices=["auto", "cpu", "cuda"], default=d.device)
+    g.add_argument("--threads", type=int, default=d.threads,
+                   help="torch threads per rank (default: on CPU, the cores left by loader "
+                        "workers; OMP_NUM_THREADS wins)")  # fmt: skip
+    g.add_argument("--seed", type=int, default=d.seed)
+    g = p.add_argument_group("run")
+    g.add_argument("--output", required=True, metavar="RUN_DIR")
+    g.add_argument("--resume", metavar="latest|CHECKPOINT")
+    g.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
+    g.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints)
+    g.add_argument("--log-every", type=int, default=d.log_every)
+    g.add_argument(
+        "--max-nonfinite",
+        type=int,
+        default=d.max_nonfinite,
+        help="stop after this many non-finite steps in a row",
+    )
+    g.add_argument("--stall-timeout", type=float, default=d.stall_timeout)
+    g = p.add_argument_group("evaluation during training")
+    g.add_argument("--eval-every", type=int, default=e.every, help="steps between evaluations")
+    g.add_argument("--zeroshot", help="folder-per-class images or labelled shards")
+    g.add_argument("--classnames", help="file or comma-separated list")
+    g.add_argument("--templates", help="file of prompt templates, one a line")
+    g.add_argument("--retrieval", help="shards of image-caption pairs")
+    g = p.add_argument_group("debugging (tests use these)")
+    g.add_argument(
+        "--debug-seen-keys", action=r, help="log every trained key to RUN/seen-keys.rank*.txt"
+    )
+    g.add_argument("--debug-step-delay", type=float, default=0.0, help=argparse.SUPPRESS)
+    g.add_argument("--debug-nan-steps", type=int, nargs="+", default=[], help=argparse.SUPPRESS)
+    return p
+
+
+def run_config_from_args(args: argparse.Namespace) -> RunConfig:
+    model = get_model_config(args.model, args.set)
+    if args.image_size is not None:
+        model.vision.image_size = args.image_size
+    if args.context_length is not None:
+        model.text.context_length = args.context_length
+    validate_model_config(model)
+    for name in ("steps", "batch_size", "checkpoint_every", "log_every", "max_nonfinite"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.workers < 0 or args.warmup < 0 or args.lr <= 0:
+        raise UserError("--workers and --warmup must be >= 0 and --lr > 0")
+    if args.eval_every and not (args.zeroshot or args.retrieval):
+        raise UserError("--eval-every needs --zeroshot or --retrieval")
+    data = DataConfig(
+        data=args.data,
+        weights=args.mix,
+        resampled=args.resampled,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        shuffle_buffer=args.shuffle_buffer,
+        seed=args.seed,
+        max_skipped_fraction=args.max_skipped_fraction,
+    )
+    schedule = ScheduleConfig(
+        lr=args.lr, warmup_steps=args.warmup, total_steps=args.steps, min_lr=args.min_lr
+    )
+    train = TrainConfig(
+        output=args.output,
+        steps=args.steps,
+        weight_decay=args.weight_decay,
+        grad_clip=args.grad_clip,
+        precision=args.precision,
+        device=args.device,
+        threads=args.threads,
+        seed=args.seed,
+        resume=args.resume,
+        checkpoint_every=args.checkpoint_every,
+        keep_checkpoints=args.keep_checkpoints,
+        log_every=args.log_every,
+        max_nonfinite=args.max_nonfinite,
+        stall_timeout=args.stall_timeout,
+        tokenizer=args.tokenizer,
+        debug_seen_keys=args.debug_seen_keys,
+        debug_step_delay=args.debug_step_delay,
+        debug_nan_steps=tuple(args.debug_nan_steps),
+    )
+    evaluation = EvalConfig(
+        zeroshot=args.zeroshot,
+        classnames=args.classnames,
+        templates=args.templates,
+        retrieval=args.retrieval,
+        every=args.eval_every,
+    )
+    return RunConfig(model=model, data=data, schedule=schedule, train=train, eval=evaluation)
+
+
+def user_error_message(e: BaseException) -> str | None:
+    """The one line to show for a user mistake, or None for a bug (which should raise).
+
+    A DataError raised in a DataLoader worker arrives re-raised with the worker's traceback
+    in its message; the last line of that traceback is the message we want.
+    """
+    if not isinstance(e, UserError):
+        return None
+    text = str(e).strip()
+    if "Original Traceback" in text:
+        text = text.splitlines()[-1]
+        text = text.split(": ", 1)[1] if text.split(": ", 1)[0].endswith("Error") else text
+    return text

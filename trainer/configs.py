@@ -1,0 +1,241 @@
+"""Typed configuration for training: dataclasses with a comment per field, named model presets.
+
+    cfg = get_model_config("tiny", overrides=["vision.width=96", "text.causal=false"])
+    list_models()  # ['base', 'small', 'tiny', 'tiny-resnet']
+
+`tiny` is the smoke preset (trains in seconds on a laptop CPU):
+
+    python -m trainer train --data 'shards/{00000..00003}.tar' --output runs/smoke --model tiny --steps 50
+
+`base` is ViT-B/16 image tower with the CLIP text transformer (the launch command of a real run):
+
+    torchrun --nproc-per-node 8 -m trainer train --data out/manifest.json --output runs/b16 \\
+        --model base --batch-size 256 --steps 100000 --warmup 2000 --lr 5e-4 --workers 8
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+
+class UserError(Exception):
+    """A mistake in what the user asked for; the CLI prints it as one line and exits with 2."""
+
+
+@dataclass
+class VisionConfig:
+    kind: str = "vit"  # "vit" (patches + transformer) or "resnet" (small ConvNet)
+    image_size: int = 224  # square input side in pixels
+    patch_size: int = 16  # ViT patch side; image_size must be a multiple
+    width: int = 768  # ViT embedding width; ResNet channels of the first stage
+    layers: int = 12  # ViT transformer blocks; ResNet residual blocks per stage
+    heads: int = 12  # attention heads (ViT only)
+    mlp_ratio: float = 4.0  # hidden width of the MLP relative to `width`
+    pool: str = "cls"  # ViT pooling: "cls" token or "mean" over patches
+    stages: int = 4  # ResNet stages, each halving the resolution and doubling channels
+
+
+@dataclass
+class TextConfig:
+    vocab_size: int = 49408  # set from the tokenizer at run time
+    context_length: int = 77  # tokens per caption, including start/end tokens
+    width: int = 512  # embedding width
+    layers: int = 12  # transformer blocks
+    heads: int = 8  # attention heads
+    mlp_ratio: float = 4.0  # hidden width of the MLP relative to `width`
+    causal: bool = True  # causal mask (CLIP) or bidirectional attention
+    pool: str = "eot"  # "eot" (features at the end-of-text token, CLIP) or "mean" over tokens
+    eot_token_id: int = 2  # set from the tokenizer at run time
+    pad_token_id: int = 0  # set from the tokenizer at run time
+
+
+@dataclass
+class ModelConfig:
+    name: str = "base"
+    embed_dim: int = 512  # width of the shared image-text embedding space
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    init_logit_scale: float = math.log(1 / 0.07)  # CLIP's initial temperature 0.07
+    max_logit_scale: float = 100.0  # exp(logit_scale) is clamped here after each step
+
+
+@dataclass
+class DataConfig:
+    data: list[str] = field(default_factory=list)  # brace patterns, globs, manifest.json, URLs
+    weights: list[float] | None = None  # mixing weight per `data` source (resampled mode only)
+    resampled: bool = False  # draw shards with replacement instead of epochs over a fixed list
+    batch_size: int = 64  # samples per rank per step
+    workers: int = 2  # DataLoader worker processes per rank (0: load in the training process)
+    shuffle_buffer: int = 1000  # samples held for shuffling in each loader stream
+    image_size: int = 224  # set from the model's vision config
+    context_length: int = 77  # set from the model's text config
+    crop_scale: tuple[float, float] = (0.9, 1.0)  # random resized crop: area fraction range
+    seed: int = 0  # shard order, shuffling and augmentation all derive from this
+    max_skipped_fraction: float = 0.05  # fail when a stream skips more than this share ...
+    skip_grace: int = 200  # ... once it has read at least this many samples
+    prefetch: int = 2  # batches prefetched per worker
+
+
+@dataclass
+class ScheduleConfig:
+    lr: float = 5e-4  # peak learning rate, reached at the end of warmup
+    warmup_steps: int = 100  # linear warmup from lr / warmup_steps
+    total_steps: int = 1000  # cosine decay ends here
+    min_lr: float = 0.0  # learning rate at the end of the cosine
+
+
+@dataclass
+class EvalConfig:
+    zeroshot: str | None = None  # folder-per-class tree, or labelled shards
+    classnames: str | None = None  # file with one class name a line, or comma-separated names
+    templates: str | None = None  # file with one prompt template a line ("a photo of a {}.")
+    retrieval: str | None = None  # shards of image-caption pairs for recall@K
+    batch_size: int = 64  # images per forward pass
+    every: int = 0  # evaluate every N training steps (0: only when asked on the command line)
+
+
+@dataclass
+class TrainConfig:
+    output: str = "runs/default"  # run folder: checkpoints/, metrics.jsonl, config.json
+    steps: int = 1000  # optimizer steps in the whole run
+    weight_decay: float = 0.2  # AdamW decay, not applied to gains, biases, embeddings, scale
+    betas: tuple[float, float] = (0.9, 0.98)  # AdamW betas (CLIP's)
+    eps: float = 1e-6  # AdamW epsilon (CLIP's)
+    grad_clip: float = 1.0  # max global gradient norm (0: off)
+    precision: str = "auto"  # "auto" (bf16 autocast on GPU, fp32 on CPU), "bf16", "fp32"
+    device: str = "auto"  # "auto", "cpu" or "cuda"
+    threads: int = 0  # torch threads per rank; 0: on CPU, the cores the loader workers leave
+    seed: int = 0  # model init and per-rank random state derive from this
+    resume: str | None = None  # "latest" or a checkpoint file
+    checkpoint_every: int = 500  # steps between checkpoints (the last step always saves)
+    keep_checkpoints: int = 3  # newest checkpoints kept in RUN/checkpoints
+    log_every: int = 10  # steps between progress lines and metrics records
+    max_nonfinite: int = 5  # stop after this many non-finite steps in a row
+    stall_timeout: float = 600.0  # seconds without a batch before a rank reports a stall
+    tokenizer: str | None = None  # tokenizer.json; default: byte-level (no merges)
+    debug_seen_keys: bool = False  # write every trained sample key to RUN/seen-keys.rank*.txt
+    debug_step_delay: float = 0.0  # sleep after each step (tests use it to interrupt a run)
+    debug_nan_steps: tuple[int, ...] = ()  # make the loss NaN at these steps (tests)
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig
+    data: DataConfig
+    schedule: ScheduleConfig
+    train: TrainConfig
+    eval: EvalConfig
+
+
+# Named model presets. Functions so every call returns fresh objects.
+def _tiny() -> ModelConfig:
+    return ModelConfig(
+        name="tiny",
+        embed_dim=64,
+        # mean pooling: the cls token learns noticeably slower at this size
+        vision=VisionConfig(image_size=32, patch_size=8, width=64, layers=2, heads=2, pool="mean"),
+        text=TextConfig(context_length=32, width=64, layers=2, heads=2),
+    )
+
+
+def _tiny_resnet() -> ModelConfig:
+    cfg = _tiny()
+    cfg.name = "tiny-resnet"
+    cfg.vision = VisionConfig(kind="resnet", image_size=32, width=16, layers=1, stages=3)
+    return cfg
+
+
+def _small() -> ModelConfig:
+    return ModelConfig(
+        name="small",
+        embed_dim=384,
+        vision=VisionConfig(image_size=224, patch_size=16, width=384, layers=12, heads=6),
+        text=TextConfig(width=384, layers=12, heads=6),
+    )
+
+
+def _base() -> ModelConfig:
+    return ModelConfig(name="base", embed_dim=512, vision=VisionConfig(), text=TextConfig())
+
+
+_MODELS = {"tiny": _tiny, "tiny-resnet": _tiny_resnet, "small": _small, "base": _base}
+
+
+def list_models() -> list[str]:
+    return sorted(_MODELS)
+
+
+def get_model_config(name: str, overrides: list[str] | tuple[str, ...] = ()) -> ModelConfig:
+    if name not in _MODELS:
+        raise UserError(f"unknown model {name!r}; known: {', '.join(list_models())}")
+    cfg = _MODELS[name]()
+    apply_overrides(cfg, overrides)
+    validate_model_config(cfg)
+    return cfg
+
+
+def apply_overrides(cfg: object, overrides: list[str] | tuple[str, ...]) -> None:
+    """Set dotted fields from `key=value` strings: "vision.width=96", "text.causal=false"."""
+    for item in overrides:
+        path, sep, raw = item.partition("=")
+        if not sep:
+            raise UserError(f"override {item!r} is not key=value")
+        *parents, leaf = path.strip().split(".")
+        target = cfg
+        for part in parents:
+            target = getattr(target, part, None)
+            if not dataclasses.is_dataclass(target):
+                raise UserError(f"override {item!r}: {path!r} is not a config field")
+        fields = {f.name: f for f in dataclasses.fields(target)}
+        if leaf not in fields or dataclasses.is_dataclass(getattr(target, leaf)):
+            known = ", ".join(sorted(fields))
+            raise UserError(f"override {item!r}: no field {leaf!r} (fields: {known})")
+        setattr(target, leaf, _parse_like(getattr(target, leaf), raw.strip(), item))
+
+
+def _parse_like(current: object, raw: str, item: str) -> object:
+    try:
+        if isinstance(current, bool):
+            if raw.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(raw)
+            return raw.lower() in ("true", "1")
+        if isinstance(current, int):
+            return int(raw)
+        if isinstance(current, float):
+            return float(raw)
+    except ValueError:
+        raise UserError(f"override {item!r}: {raw!r} is not a {type(current).__name__}") from None
+    return raw
+
+
+def validate_model_config(cfg: ModelConfig) -> None:
+    v, t = cfg.vision, cfg.text
+    if v.kind not in ("vit", "resnet"):
+        raise UserError(f"vision.kind must be 'vit' or 'resnet', not {v.kind!r}")
+    if v.kind == "vit":
+        if v.image_size % v.patch_size:
+            raise UserError(
+                f"image size {v.image_size} is not a multiple of patch size {v.patch_size}"
+            )
+        if v.width % v.heads:
+            raise UserError(f"vision width {v.width} is not divisible by {v.heads} heads")
+        if v.pool not in ("cls", "mean"):
+            raise UserError(f"vision.pool must be 'cls' or 'mean', not {v.pool!r}")
+    elif v.image_size % (2 ** (v.stages + 1)):
+        raise UserError(f"image size {v.image_size} is not a multiple of {2 ** (v.stages + 1)}")
+    if t.width % t.heads:
+        raise UserError(f"text width {t.width} is not divisible by {t.heads} heads")
+    if t.pool not in ("eot", "mean"):
+        raise UserError(f"text.pool must be 'eot' or 'mean', not {t.pool!r}")
+    if t.context_length < 3:
+        raise UserError(f"context length {t.context_length} leaves no room for text")
+
+
+def model_config_from_dict(d: dict) -> ModelConfig:
+    """Inverse of `dataclasses.asdict` for a ModelConfig (as stored in checkpoints)."""
+    d = dict(d)
+    vision = VisionConfig(**d.pop("vision"))
+    text = TextConfig(**d.pop("text"))
+    return ModelConfig(vision=vision, text=text, **d)

@@ -1,0 +1,245 @@
+"""Zero-shot classification and image<->text retrieval of a trained dual encoder.
+
+    python -m trainer eval --checkpoint runs/tiny --zeroshot digits-test/          # folder per class
+    python -m trainer eval --checkpoint runs/tiny/checkpoints/step-00000300.pt \\
+        --zeroshot 'labelled/{0..3}.tar' --classnames zero,one,two --retrieval 'val/{0..3}.tar'
+    top-1 0.8125
+    top-5 0.9900
+
+Zero-shot: each class name goes through every prompt template; the normalized text embeddings
+are averaged (and normalized again) into one classifier column per class. Labelled shards carry
+the class index in KEY.cls or in KEY.json's "label". Any model with `encode_image(pixels)` and
+`encode_text(ids)` can be evaluated; the training loop calls `evaluate()` every N steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from schemas.sample import IMAGE_EXTENSIONS
+from trainer.checkpoint import load_checkpoint, resolve_checkpoint
+from trainer.configs import EvalConfig, UserError, model_config_from_dict
+from trainer.data import DECODE_ERRORS, find_image
+from trainer.distributed import pick_device
+from trainer.model import CLIP
+from trainer.sources import SHARD_ERRORS, DataError, iter_shard, resolve_sources
+from trainer.tokenizer import CaptionTokenizer
+from trainer.transforms import decode_image, normalize, resize_center_crop
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TEMPLATES = (
+    "a photo of a {}.",
+    "a photo of the {}.",
+    "a picture of a {}.",
+    "an image of the {}.",
+)
+
+
+def read_list(spec: str | None) -> list[str] | None:
+    """Lines of a file, or a comma-separated list."""
+    if spec is None:
+        return None
+    if os.path.isfile(spec):
+        return [line.strip() for line in Path(spec).read_text().splitlines() if line.strip()]
+    return [item.strip() for item in spec.split(",") if item.strip()]
+
+
+def labelled_folder(root: Path) -> tuple[list[str], Iterator[tuple[bytes, int]]]:
+    """A folder per class: (class names from folder names, (image bytes, label) pairs)."""
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if not classes:
+        raise UserError(f"{root} has no class folders")
+
+    def items():
+        for label, name in enumerate(classes):
+            for path in sorted((root / name).iterdir()):
+                if path.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS:
+                    yield path.read_bytes(), label
+
+    return [c.replace("_", " ") for c in classes], items()
+
+
+def shard_samples(spec: str) -> Iterator[dict]:
+    for shard in resolve_sources([spec]):
+        try:
+            for _, key, members in iter_shard(shard.url):
+                yield {"__key__": key, **members}
+        except SHARD_ERRORS as e:
+            log.warning("skipping the rest of unreadable shard %s: %s", shard.url, e)
+
+
+def labelled_shards(spec: str) -> Iterator[tuple[bytes, int]]:
+    for sample in shard_samples(spec):
+        ext = find_image(sample)
+        try:
+            if "cls" in sample:
+                label = int(sample["cls"].decode().strip())
+            else:
+                label = json.loads(sample.get("json", b"{}")).get("label")
+        except ValueError:  # not a number, not JSON
+            label = None
+        if ext is None or label is None:
+            log.warning(
+                "skipping %s: no image or no label (KEY.cls or json 'label')", sample["__key__"]
+            )
+            continue
+        yield sample[ext], int(label)
+
+
+def image_batches(items, image_size: int, batch_size: int) -> Iterator[tuple[torch.Tensor, list]]:
+    """(image bytes, anything) pairs -> (uint8 (B, 3, S, S), [anything]) batches; bad images skipped."""
+    pixels, extras = [], []
+    for data, extra in items:
+        try:
+            pixels.append(resize_center_crop(decode_image(data, image_size), image_size))
+        except DECODE_ERRORS as e:
+            log.warning("skipping an undecodable image: %s", e)
+            continue
+        extras.append(extra)
+        if len(pixels) == batch_size:
+            yield torch.stack(pixels), extras
+            pixels, extras = [], []
+    if pixels:
+        yield torch.stack(pixels), extras
+
+
+@torch.no_grad()
+def zeroshot_classifier(model, tokenizer, classnames, templates, device) -> torch.Tensor:
+    """(D, C): per class, the normalized mean of its normalized prompt embeddings."""
+    columns = []
+    for name in classnames:
+        ids = tokenizer([t.format(name) for t in templates]).to(device)  # (P, T)
+        emb = F.normalize(model.encode_text(ids).float(), dim=-1).mean(dim=0)  # (D,)
+        columns.append(F.normalize(emb, dim=0))
+    return torch.stack(columns, dim=1)
+
+
+@torch.no_grad()
+def zeroshot_accuracy(model, classifier, batches, device) -> dict[str, float]:
+    k = min(5, classifier.shape[1])
+    hits1 = hits5 = total = 0
+    for images, labels in batches:
+        features = F.normalize(model.encode_image(normalize(images.to(device))).float(), dim=-1)
+        top = (features @ classifier).topk(k, dim=1).indices  # (B, k)
+        labels = torch.tensor(labels, device=device).unsqueeze(1)  # (B, 1)
+        hits1 += (top[:, :1] == labels).sum().item()
+        hits5 += (top == labels).any(dim=1).sum().item()
+        total += labels.shape[0]
+    if total == 0:
+        raise DataError("no labelled image to evaluate zero-shot classification on")
+    return {"top-1": hits1 / total, "top-5": hits5 / total, "zeroshot_images": total}
+
+
+@torch.no_grad()
+def retrieval_recall(model, tokenizer, spec, image_size, batch_size, device, ks=(1, 5, 10)):
+    """Recall@K both ways over the image-caption pairs of shards `spec` (one caption each)."""
+    pairs = (
+        (s[find_image(s)], s["txt"].decode("utf-8", errors="replace"))
+        for s in shard_samples(spec)
+        if find_image(s) and "txt" in s
+    )
+    image_features, text_features = [], []
+    for images, captions in image_batches(pairs, image_size, batch_size):
+        image_features.append(model.encode_image(normalize(images.to(device))).float())
+        text_features.append(model.encode_text(tokenizer(captions).to(device)).float())
+    if not image_features:
+        raise DataError(f"no image-caption pair in {spec} for retrieval")
+    images = F.normalize(torch.cat(image_features), dim=-1)  # (N, D)
+    texts = F.normalize(torch.cat(text_features), dim=-1)  # (N, D)
+    sim = images @ texts.T  # (N, N); pair i is (image i, text i)
+    true = sim.diagonal().unsqueeze(1)  # (N, 1)
+    # rank of the true match = how many candidates score strictly higher
+    i2t = (sim > true).sum(dim=1)  # (N,)
+    t2i = (true < sim.T).sum(dim=1)  # (N,)
+    results = {}
+    for k in ks:
+        results[f"image_to_text_R@{k}"] = (i2t < k).float().mean().item()
+        results[f"text_to_image_R@{k}"] = (t2i < k).float().mean().item()
+    results["retrieval_pairs"] = sim.shape[0]
+    return results
+
+
+def evaluate(model, tokenizer, cfg: EvalConfig, image_size: int, device) -> dict[str, float]:
+    results: dict[str, float] = {}
+    if cfg.zeroshot:
+        root = Path(cfg.zeroshot)
+        if root.is_dir():
+            classnames, items = labelled_folder(root)
+            classnames = read_list(cfg.classnames) or classnames
+        else:
+            classnames, items = read_list(cfg.classnames), labelled_shards(cfg.zeroshot)
+            if not classnames:
+                raise UserError("--classnames is needed for labelled shards")
+        templates = read_list(cfg.templates) or list(DEFAULT_TEMPLATES)
+        if any("{}" not in t for t in templates):
+            raise UserError("every template needs a {} where the class name goes")
+        classifier = zeroshot_classifier(model, tokenizer, classnames, templates, device)
+        batches = image_batches(items, image_size, cfg.batch_size)
+        results.update(
+            zeroshot_accuracy(model, classifier, _check_labels(batches, classnames), device)
+        )
+    if cfg.retrieval:
+        results.update(
+            retrieval_recall(model, tokenizer, cfg.retrieval, image_size, cfg.batch_size, device)
+        )
+    return results
+
+
+def _check_labels(batches, classnames):
+    for images, labels in batches:
+        bad = [label for label in labels if not 0 <= label < len(classnames)]
+        if bad:
+            raise UserError(f"label {bad[0]} is outside the {len(classnames)} class names")
+        yield images, labels
+
+
+def load_model(checkpoint: str, device: torch.device) -> tuple[CLIP, CaptionTokenizer]:
+    """Model and tokenizer from a checkpoint file or a run folder (its latest checkpoint)."""
+    state = load_checkpoint(resolve_checkpoint(checkpoint))
+    cfg = model_config_from_dict(state["model_config"])
+    model = CLIP(cfg)
+    model.load_state_dict(state["model"])
+    tokenizer = CaptionTokenizer.from_json(state["tokenizer"], cfg.text.context_length)
+    return model.to(device).eval(), tokenizer
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="webpairs eval", description=__doc__.split("\n")[0])
+    p.add_argument("--checkpoint", required=True, metavar="RUN_DIR_OR_FILE")
+    p.add_argument("--zeroshot", metavar="FOLDER_OR_SHARDS")
+    p.add_argument("--classnames", help="file with one name a line, or comma-separated names")
+    p.add_argument("--templates", help="file with one prompt template a line")
+    p.add_argument("--retrieval", metavar="SHARDS")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    cfg = EvalConfig(
+        args.zeroshot, args.classnames, args.templates, args.retrieval, args.batch_size
+    )
+    try:
+        if not (cfg.zeroshot or cfg.retrieval):
+            raise UserError("nothing to evaluate: give --zeroshot and/or --retrieval")
+        device = pick_device(args.device)
+        model, tokenizer = load_model(args.checkpoint, device)
+        results = evaluate(model, tokenizer, cfg, model.cfg.vision.image_size, device)
+    except UserError as e:
+        print(f"webpairs eval: error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(results))
+    else:
+        for name, value in results.items():
+            print(f"{name} {value:.4f}" if isinstance(value, float) else f"{name} {value}")
+    return 0

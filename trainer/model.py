@@ -1,0 +1,218 @@
+"""CLIP dual encoder: an image tower (ViT or small ResNet) and a text transformer, each ending in
+a linear projection to a shared, L2-normalized embedding space, and a learnable temperature.
+
+Read top to bottom; shapes in comments use B batch, T tokens, N patches, C width, D embed_dim.
+
+    model = create_model("tiny", **{"text.vocab_size": 259})
+    image_features, text_features, logit_scale = model(images, texts)  # (B, D), (B, D), ()
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from trainer.configs import ModelConfig, TextConfig, VisionConfig, get_model_config
+
+
+class MLP(nn.Module):
+    def __init__(self, width: int, mlp_ratio: float):
+        super().__init__()
+        hidden = int(width * mlp_ratio)
+        self.fc = nn.Linear(width, hidden)
+        self.proj = nn.Linear(hidden, width)
+
+    def forward(self, x):
+        return self.proj(F.gelu(self.fc(x)))
+
+
+class Attention(nn.Module):
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+
+    def forward(self, x, attn_mask=None, is_causal=False):
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)  # 3 x (B, T, C)
+        q = q.view(B, T, self.heads, C // self.heads).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.heads, C // self.heads).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.heads, C // self.heads).transpose(1, 2)  # (B, nh, T, hs)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        return self.proj(y)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(width)
+        self.attn = Attention(width, heads)
+        self.ln_2 = nn.LayerNorm(width)
+        self.mlp = MLP(width, mlp_ratio)
+
+    def forward(self, x, attn_mask=None, is_causal=False):
+        x = x + self.attn(self.ln_1(x), attn_mask=attn_mask, is_causal=is_causal)
+        return x + self.mlp(self.ln_2(x))
+
+
+class VisionTransformer(nn.Module):
+    def __init__(self, cfg: VisionConfig, embed_dim: int):
+        super().__init__()
+        self.cfg = cfg
+        num_patches = (cfg.image_size // cfg.patch_size) ** 2
+        self.patch_embed = nn.Conv2d(
+            3, cfg.width, cfg.patch_size, stride=cfg.patch_size, bias=False
+        )
+        self.cls_token = nn.Parameter(torch.randn(1, 1, cfg.width) * cfg.width**-0.5)
+        self.pos_embed = nn.Parameter(torch.randn(1, num_patches + 1, cfg.width) * 0.01)
+        self.ln_pre = nn.LayerNorm(cfg.width)
+        self.blocks = nn.ModuleList(
+            Block(cfg.width, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.layers)
+        )
+        self.ln_post = nn.LayerNorm(cfg.width)
+        self.proj = nn.Linear(cfg.width, embed_dim, bias=False)
+
+    def forward(self, images):  # (B, 3, H, W)
+        x = self.patch_embed(images)  # (B, C, H/p, W/p)
+        x = x.flatten(2).transpose(1, 2)  # (B, N, C)
+        cls = self.cls_token.expand(x.shape[0], -1, -1)  # (B, 1, C)
+        x = torch.cat([cls, x], dim=1) + self.pos_embed  # (B, 1 + N, C)
+        x = self.ln_pre(x)
+        for block in self.blocks:
+            x = block(x)  # (B, 1 + N, C)
+        x = x[:, 0] if self.cfg.pool == "cls" else x[:, 1:].mean(dim=1)  # (B, C)
+        return self.proj(self.ln_post(x))  # (B, D)
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout)
+            )
+
+    def forward(self, x):
+        y = F.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        return F.relu(y + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    """A small ResNet: stem (/2), then `stages` stages of `layers` blocks, each stage /2 and x2
+    channels, global average pool. BatchNorm statistics are per rank (no SyncBatchNorm)."""
+
+    def __init__(self, cfg: VisionConfig, embed_dim: int):
+        super().__init__()
+        width = cfg.width
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, width, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
+        )
+        stages = []
+        for i in range(cfg.stages):
+            cin, cout = width * 2 ** max(i - 1, 0), width * 2**i
+            blocks = [ResidualBlock(cin, cout, stride=1 if i == 0 else 2)]
+            blocks += [ResidualBlock(cout, cout, 1) for _ in range(cfg.layers - 1)]
+            stages.append(nn.Sequential(*blocks))
+        self.stages = nn.Sequential(*stages)
+        self.proj = nn.Linear(width * 2 ** (cfg.stages - 1), embed_dim, bias=False)
+
+    def forward(self, images):  # (B, 3, H, W)
+        x = self.stages(self.stem(images))  # (B, C', H / 2^stages, W / 2^stages)
+        return self.proj(x.mean(dim=(2, 3)))  # (B, D)
+
+
+class TextTransformer(nn.Module):
+    def __init__(self, cfg: TextConfig, embed_dim: int):
+        super().__init__()
+        self.cfg = cfg
+        self.token_embed = nn.Embedding(cfg.vocab_size, cfg.width)
+        self.pos_embed = nn.Parameter(torch.randn(1, cfg.context_length, cfg.width) * 0.01)
+        self.blocks = nn.ModuleList(
+            Block(cfg.width, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.layers)
+        )
+        self.ln_final = nn.LayerNorm(cfg.width)
+        self.proj = nn.Linear(cfg.width, embed_dim, bias=False)
+
+    def forward(self, text):  # (B, T) token ids
+        cfg = self.cfg
+        x = self.token_embed(text) + self.pos_embed[:, : text.shape[1]]  # (B, T, C)
+        valid = text != cfg.pad_token_id  # (B, T)
+        mask = None
+        if not cfg.causal:  # bidirectional: do not attend to padding
+            mask = valid[:, None, None, :]  # (B, 1, 1, T), broadcast over heads and queries
+        for block in self.blocks:
+            x = block(x, attn_mask=mask, is_causal=cfg.causal)  # (B, T, C)
+        x = self.ln_final(x)
+        if cfg.pool == "eot":  # features at the first end-of-text token
+            eot = (text == cfg.eot_token_id).int().argmax(dim=1)  # (B,)
+            x = x[torch.arange(x.shape[0], device=x.device), eot]  # (B, C)
+        else:  # mean over non-padding tokens
+            w = valid.unsqueeze(-1).to(x.dtype)  # (B, T, 1)
+            x = (x * w).sum(dim=1) / w.sum(dim=1).clamp(min=1)  # (B, C)
+        return self.proj(x)  # (B, D)
+
+
+class CLIP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        tower = VisionTransformer if cfg.vision.kind == "vit" else ResNet
+        self.visual = tower(cfg.vision, cfg.embed_dim)
+        self.text = TextTransformer(cfg.text, cfg.embed_dim)
+        self.logit_scale = nn.Parameter(torch.tensor(cfg.init_logit_scale))
+        self.apply(_init_weights)
+
+    def encode_image(self, images, normalize: bool = True):  # (B, 3, H, W) -> (B, D)
+        x = self.visual(images)
+        return F.normalize(x, dim=-1) if normalize else x
+
+    def encode_text(self, text, normalize: bool = True):  # (B, T) -> (B, D)
+        x = self.text(text)
+        return F.normalize(x, dim=-1) if normalize else x
+
+    def forward(self, images, text):
+        return self.encode_image(images), self.encode_text(text), self.logit_scale.exp()
+
+    @torch.no_grad()
+    def clamp_logit_scale_(self) -> None:
+        """Keep exp(logit_scale) <= max_logit_scale (CLIP clamps at 100 after every step)."""
+        self.logit_scale.clamp_(0, math.log(self.cfg.max_logit_scale))
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names AdamW must not decay: gains, biases, embeddings, logit scale."""
+        names = set()
+        for name, p in self.named_parameters():
+            if p.ndim < 2 or name.endswith(("pos_embed", "cls_token", "token_embed.weight")):
+                names.add(name)
+        return names
+
+
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, std=0.02)
+
+
+def create_model(name: str, **overrides) -> CLIP:
+    """A model from a named preset; keyword overrides use dotted fields, e.g.
+    create_model("tiny", **{"vision.pool": "mean", "embed_dim": 32})."""
+    cfg = get_model_config(name, [f"{k}={v}" for k, v in overrides.items()])
+    return CLIP(cfg)
