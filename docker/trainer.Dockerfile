@@ -1,11 +1,16 @@
-# Trainer image for multi-node GPU training with torchrun.
-#   docker build -f docker/trainer.Dockerfile -t webpairs-trainer .
-#   docker run --gpus all webpairs-trainer torchrun --nproc-per-node 8 -m trainer train --data gs://bucket/out/manifest.json ...
+# Trainer image: CUDA PyTorch with the project installed; the entrypoint is torchrun.
+#
+#   docker build -f docker/trainer.Dockerfile -t webpairs-trainer:0.1.0 .
+#   docker run --gpus all --ipc=host webpairs-trainer:0.1.0 --nproc-per-node 8 -m trainer train \
+#       --data gs://bucket/out/manifest.json --output /runs/b16 --model base --batch-size 256
 FROM pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
 WORKDIR /opt/webpairs
 COPY pyproject.toml README.md webpairs_cli.py ./
 COPY schemas ./schemas
 COPY pipeline ./pipeline
 COPY trainer ./trainer
-RUN pip install --no-cache-dir . "fsspec[gcs,s3]"
-ENTRYPOINT []
+# torch comes from the base image; the rest of the trainer's needs are small.
+RUN pip install --no-cache-dir --no-deps . \
+    && pip install --no-cache-dir "webdataset>=0.2.86,<2" "tokenizers>=0.15,<1" "pillow>=10.1,<13" \
+        "numpy>=1.24,<3" "pyarrow>=14,<30" "fsspec[gcs,s3]>=2023.6"
+ENTRYPOINT ["torchrun"]

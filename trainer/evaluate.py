@@ -54,11 +54,23 @@ def read_list(spec: str | None) -> list[str] | None:
     return [item.strip() for item in spec.split(",") if item.strip()]
 
 
-def labelled_folder(root: Path) -> tuple[list[str], Iterator[tuple[bytes, int]]]:
-    """A folder per class: (class names from folder names, (image bytes, label) pairs)."""
+def labelled_folder(
+    root: Path, order: list[str] | None = None
+) -> tuple[list[str], Iterator[tuple[bytes, int]]]:
+    """A folder per class: (class names from folder names, (image bytes, label) pairs).
+
+    `order`, if given, names the classes in the order labels should follow (as --classnames does);
+    it must name exactly the folders (with spaces for underscores)."""
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
     if not classes:
         raise UserError(f"{root} has no class folders")
+    if order:
+        by_name = {c.replace("_", " "): c for c in classes}
+        if sorted(order) != sorted(by_name):
+            raise UserError(
+                f"--classnames {', '.join(order)} do not match the class folders of {root}: {', '.join(sorted(by_name))}"
+            )
+        classes = [by_name[name] for name in order]
 
     def items():
         for label, name in enumerate(classes):
@@ -125,13 +137,22 @@ def zeroshot_classifier(model, tokenizer, classnames, templates, device) -> torc
 
 
 @torch.no_grad()
-def zeroshot_accuracy(model, classifier, batches, device) -> dict[str, float]:
+def zeroshot_accuracy(
+    model, classifier, batches, device, confusion: torch.Tensor | None = None
+) -> dict[str, float]:
+    """Top-1/top-5 over labelled batches; `confusion` (C, C), if given, counts (true, predicted)."""
     k = min(5, classifier.shape[1])
     hits1 = hits5 = total = 0
     for images, labels in batches:
         features = F.normalize(model.encode_image(normalize(images.to(device))).float(), dim=-1)
         top = (features @ classifier).topk(k, dim=1).indices  # (B, k)
         labels = torch.tensor(labels, device=device).unsqueeze(1)  # (B, 1)
+        if confusion is not None:
+            confusion.index_put_(
+                (labels[:, 0].cpu(), top[:, 0].cpu()),
+                torch.ones(len(labels), dtype=confusion.dtype),
+                accumulate=True,
+            )
         hits1 += (top[:, :1] == labels).sum().item()
         hits5 += (top == labels).any(dim=1).sum().item()
         total += labels.shape[0]
@@ -169,13 +190,15 @@ def retrieval_recall(model, tokenizer, spec, image_size, batch_size, device, ks=
     return results
 
 
-def evaluate(model, tokenizer, cfg: EvalConfig, image_size: int, device) -> dict[str, float]:
+def evaluate(
+    model, tokenizer, cfg: EvalConfig, image_size: int, device, details: dict | None = None
+) -> dict[str, float]:
+    """Scalar results; `details`, if given, also receives the class names and confusion matrix."""
     results: dict[str, float] = {}
     if cfg.zeroshot:
         root = Path(cfg.zeroshot)
         if root.is_dir():
-            classnames, items = labelled_folder(root)
-            classnames = read_list(cfg.classnames) or classnames
+            classnames, items = labelled_folder(root, read_list(cfg.classnames))
         else:
             classnames, items = read_list(cfg.classnames), labelled_shards(cfg.zeroshot)
             if not classnames:
@@ -185,9 +208,18 @@ def evaluate(model, tokenizer, cfg: EvalConfig, image_size: int, device) -> dict
             raise UserError("every template needs a {} where the class name goes")
         classifier = zeroshot_classifier(model, tokenizer, classnames, templates, device)
         batches = image_batches(items, image_size, cfg.batch_size)
-        results.update(
-            zeroshot_accuracy(model, classifier, _check_labels(batches, classnames), device)
+        confusion = (
+            torch.zeros(len(classnames), len(classnames), dtype=torch.long)
+            if details is not None
+            else None
         )
+        results.update(
+            zeroshot_accuracy(
+                model, classifier, _check_labels(batches, classnames), device, confusion
+            )
+        )
+        if details is not None:
+            details.update(classnames=list(classnames), confusion=confusion.tolist())
     if cfg.retrieval:
         results.update(
             retrieval_recall(model, tokenizer, cfg.retrieval, image_size, cfg.batch_size, device)
@@ -223,6 +255,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    p.add_argument(
+        "--details",
+        metavar="FILE",
+        help="write results, class names and the confusion matrix as JSON",
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     cfg = EvalConfig(
@@ -233,7 +270,10 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError("nothing to evaluate: give --zeroshot and/or --retrieval")
         device = pick_device(args.device)
         model, tokenizer = load_model(args.checkpoint, device)
-        results = evaluate(model, tokenizer, cfg, model.cfg.vision.image_size, device)
+        details: dict | None = {} if args.details else None
+        results = evaluate(model, tokenizer, cfg, model.cfg.vision.image_size, device, details)
+        if args.details:
+            Path(args.details).write_text(json.dumps({"results": results, **details}, indent=1))
     except UserError as e:
         print(f"webpairs eval: error: {e}", file=sys.stderr)
         return 2

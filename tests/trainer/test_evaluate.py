@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from trainer.configs import EvalConfig
+from trainer.configs import EvalConfig, UserError
 from trainer.evaluate import evaluate, main
 from trainer.tokenizer import CaptionTokenizer, byte_tokenizer
 from trainer.train import main as train_main
@@ -68,6 +68,25 @@ def test_zeroshot_on_a_class_folder_gives_the_known_accuracy(colour_folder, mode
     results = evaluate(model, TOKENIZER, EvalConfig(zeroshot=str(colour_folder)), 16, "cpu")
     assert results["top-1"] == pytest.approx(top1)
     assert results["top-5"] == 1.0 and results["zeroshot_images"] == 12  # 3 classes: top-3
+
+
+def test_classnames_in_another_order_than_the_folders_keep_labels_right(colour_folder):
+    details = {}
+    cfg = EvalConfig(
+        zeroshot=str(colour_folder), classnames="red,green,blue"
+    )  # folders sort blue, green, red
+    results = evaluate(RIGHT, TOKENIZER, cfg, 16, "cpu", details)
+    assert results["top-1"] == 1.0
+    assert details["classnames"] == ["red", "green", "blue"]
+    assert details["confusion"] == [[4, 0, 0], [0, 4, 0], [0, 0, 4]]
+    with pytest.raises(UserError, match="do not match the class folders"):
+        evaluate(
+            RIGHT,
+            TOKENIZER,
+            EvalConfig(zeroshot=str(colour_folder), classnames="red,green"),
+            16,
+            "cpu",
+        )
 
 
 @pytest.mark.parametrize("label_in", ["cls", "json"])
