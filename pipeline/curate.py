@@ -29,6 +29,7 @@ from pipeline.read import InputError, ReadPairs, resolve
 from pipeline.read_shards import ReadShards, ShardInput, list_tars
 from pipeline.report import REPORT_NAME, write_report
 from pipeline.results import parquet_schema
+from pipeline.score import ScorePairs, ScorerIdentity, check_scoring
 from pipeline.shards import (
     MANIFEST_NAME,
     SHARDS_DIR,
@@ -40,6 +41,7 @@ from pipeline.shards import (
 from pipeline.staging import STAGING_DIR, ReadStaged, SkipStaged, StageRows, staging_dir
 from pipeline.stats import STATS_NAME, LogProgress, WriteStats
 from schemas import Stats, StatsMismatchError, Status
+from schemas.records import EMBEDDING_FIELDS
 
 logger = logging.getLogger(__name__)
 PROG = "webpairs curate"
@@ -73,11 +75,9 @@ def read_and_fetch(p: beam.Pipeline, cfg: CurateConfig) -> dict:
             staged = p | "ReadStaged" >> ReadStaged(cfg.output)
             pairs = {"pairs": pairs, "staged": staged} | "SkipStaged" >> SkipStaged()
         fetched = pairs | "DownloadImages" >> DownloadImages(cfg.download)
-    images = (
-        fetched
-        | "DecodeResize" >> DecodeResize(cfg.image)
-        | "StageRows" >> StageRows(cfg.output, extra, cfg.staging_flush_rows)
-    )
+    images = fetched | "DecodeResize" >> DecodeResize(cfg.image)
+    if cfg.staging:
+        images = images | "StageRows" >> StageRows(cfg.output, extra, cfg.staging_flush_rows)
     if cfg.resume and cfg.read.input_format != "webdataset":
         images = (images, staged) | "WithStaged" >> beam.Flatten()
     return {
@@ -88,19 +88,28 @@ def read_and_fetch(p: beam.Pipeline, cfg: CurateConfig) -> dict:
     }
 
 
-def curate_and_write(images, cfg: CurateConfig) -> dict:
-    """Decoded rows -> curation stages -> shards. -> {"rows": written, "removed", "shards", "not_ok"}."""
+def _split_ok(row):
+    """Ok rows (with their bytes) on the main output; the rest, without bytes, on "not_ok"."""
+    if row["status"] == Status.OK:
+        yield row
+    else:
+        yield beam.pvalue.TaggedOutput("not_ok", public_row(row))
+
+
+def curate_and_write(images, cfg: CurateConfig, scorer: ScorerIdentity | None = None) -> dict:
+    """Decoded rows -> [scoring] -> curation stages -> shards.
+    -> {"rows": written, "removed", "shards", "not_ok"}."""
     p = images.pipeline
-    ok = images | "OnlyOk" >> beam.Filter(lambda r: r["status"] == Status.OK)
-    not_ok = (
-        images
-        | "NotOk" >> beam.Filter(lambda r: r["status"] != Status.OK)
-        | "DropBytes" >> beam.Map(public_row)
-    )
+    split = images | "SplitOk" >> beam.ParDo(_split_ok).with_outputs("not_ok", main="ok")
+    ok, not_ok = split.ok, split.not_ok
     recipe = cfg.recipe
     if recipe.captions.clean or recipe.detects_language:
         captions = replace(recipe.captions, detect_language=recipe.detects_language)
         ok = ok | "AnnotateCaptions" >> AnnotateCaptions(captions)
+    extra = cfg.read.extra_fields
+    if scorer is not None:
+        ok = ok | "ScorePairs" >> ScorePairs(recipe.score, scorer)
+        extra += EMBEDDING_FIELDS if recipe.score.embeddings else ()
     light = ok | "LightRows" >> beam.Map(light_row)
     removed = []
     for stage in recipe.stages:
@@ -111,17 +120,20 @@ def curate_and_write(images, cfg: CurateConfig) -> dict:
         removed.append(p | "NoDecisions" >> beam.Create([]))
     # A survivor of one stage may be removed by a later one: name the final survivor.
     decisions = removed | "AllDecisions" >> beam.Flatten() | "ResolveSurvivors" >> ResolveChains()
-    shards_cfg = replace(cfg.shards, extra_fields=cfg.read.extra_fields)
+    shards_cfg = replace(cfg.shards, extra_fields=extra)
     written = {"rows": ok, "survivors": light, "removed": decisions} | "WriteShards" >> WriteShards(
         shards_cfg
     )
     return {**written, "not_ok": not_ok}
 
 
-def build(p: beam.Pipeline, cfg: CurateConfig, options_record: dict) -> None:
-    """The job graph. `cfg.read` must be resolved (see read.resolve)."""
+def build(
+    p: beam.Pipeline, cfg: CurateConfig, options_record: dict, scorer: ScorerIdentity | None = None
+) -> None:
+    """The job graph. `cfg.read` must be resolved (see read.resolve); `scorer` is the checked
+    model of the recipe's `score` section (score.check_scoring)."""
     source = read_and_fetch(p, cfg)
-    written = curate_and_write(source["images"], cfg)
+    written = curate_and_write(source["images"], cfg, scorer)
     rejects = (
         written["not_ok"],
         written["removed"],
@@ -140,7 +152,7 @@ def build(p: beam.Pipeline, cfg: CurateConfig, options_record: dict) -> None:
     )
     lineage = cfg.incremental or cfg.retry_failed  # this output extends that one
     _ = written["shards"] | "WriteManifest" >> WriteManifest(
-        cfg.output, options_record, source=lineage
+        cfg.output, options_record, source=lineage, scorer=scorer.to_dict() if scorer else None
     )
     stats_inputs = {
         "results": results,
@@ -221,15 +233,16 @@ def run(argv: list[str]) -> Stats:
         cfg = replace(cfg, read=replace(cfg.read, input_format="webdataset", extra_fields=extra))
     else:
         cfg = replace(cfg, read=resolve(cfg.read))
+    scorer = check_scoring(cfg.recipe.score, cfg.recipe.stages)  # loads the model once, here
     prepare_output(cfg)
     record = {
         k: v
         for k, v in opts.get_all_options(current_only=True).items()
-        if k not in ("overwrite", "resume", "keep_staging", "staging_flush_rows")
+        if k not in ("overwrite", "resume", "keep_staging", "staging", "staging_flush_rows")
     }
 
     p = beam.Pipeline(options=options)
-    build(p, cfg, record)
+    build(p, cfg, record, scorer)
     logger.info(
         "curating %s -> %s on %s",
         cfg.read.input,

@@ -75,7 +75,7 @@ class ImageConfig:
     min_image_size: int = 0  # filter: smaller side of the original below this -> filtered
     max_aspect_ratio: float = math.inf  # filter: larger/smaller side of the original above this
     background: tuple[int, int, int] = (255, 255, 255)  # what transparency becomes
-    threads: int = 0  # decode threads per worker; 0 = number of CPUs
+    threads: int = 0  # decode threads per worker; 0 = twice the number of CPUs (measured best)
 
     def __post_init__(self):
         if self.resize_mode not in RESIZE_MODES:
@@ -212,8 +212,9 @@ def _filter_reason(width: int, height: int, cfg: ImageConfig) -> tuple[str, str]
 
 def _resize(im: Image.Image, tw: int, th: int, cfg: ImageConfig) -> Image.Image:
     if im.size != (tw, th):
-        # reducing_gap: box-reduce by an integer factor first, then Lanczos (fast and sharp).
-        im = im.resize((tw, th), Image.Resampling.LANCZOS, reducing_gap=3.0)
+        # reducing_gap: box-reduce by an integer factor first, then bicubic (measured: 13 % less
+        # CPU than Lanczos for 0.4 dB, bench/RESULTS.md).
+        im = im.resize((tw, th), Image.Resampling.BICUBIC, reducing_gap=3.0)
     s = cfg.image_size
     if cfg.resize_mode == "center_crop" and (im.width > s or im.height > s):
         left, top = (im.width - min(s, im.width)) // 2, (im.height - min(s, im.height)) // 2
@@ -258,7 +259,7 @@ class DecodeResize(beam.PTransform):
         self.cfg = cfg
 
     def expand(self, rows):
-        threads = self.cfg.threads or os.cpu_count() or 1
+        threads = self.cfg.threads or 2 * (os.cpu_count() or 1)
         fn = ThreadedMapFn(
             partial(decode_row, cfg=self.cfg), threads, stage="decode", bypass=_not_ok
         )

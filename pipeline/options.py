@@ -99,6 +99,12 @@ class CurateOptions(PipelineOptions):
             help="keep OUTPUT/_staging (the crawl log) after a successful run",
         )
         g.add_argument(
+            "--no-staging",
+            dest="staging",
+            action="store_false",
+            help="no crawl log: a little faster, but --resume must then start over",
+        )
+        g.add_argument(
             "--staging-flush-rows",
             dest="staging_flush_rows",
             type=int,
@@ -216,6 +222,12 @@ class CurateOptions(PipelineOptions):
             default=None,
             help="evaluation images: folder, tar glob or hash list",
         )
+        g.add_argument(
+            "--score-checkpoint",
+            dest="score_checkpoint",
+            default=None,
+            help="trainer checkpoint or run folder: record every pair's CLIP score and embeddings",
+        )
 
         g = parser.add_argument_group("images")
         g.add_argument(
@@ -237,7 +249,7 @@ class CurateOptions(PipelineOptions):
             help="default: no limit",
         )
         g.add_argument(
-            "--decode-threads", dest="decode_threads", type=int, default=0, help="0: one per CPU"
+            "--decode-threads", dest="decode_threads", type=int, default=0, help="0: two per CPU"
         )
 
 
@@ -249,6 +261,7 @@ class CurateConfig:
     shards: ShardConfig
     output: str
     recipe: Recipe = Recipe()
+    staging: bool = True  # write the crawl log that --resume reads
     staging_flush_rows: int = 1000  # rows per crawl-log file: what a crash can cost, per worker
     incremental: str | None = None  # a previous output whose samples are not fetched again
     retry_failed: str | None = None  # a previous output whose transient failures are the input
@@ -335,6 +348,7 @@ def config_from_options(opts: CurateOptions) -> CurateConfig:
         blocklist=opts.blocklist,
         clean_captions=opts.clean_captions,
         decontaminate=opts.decontaminate,
+        score_checkpoint=opts.score_checkpoint,
     )
     return CurateConfig(
         read=read,
@@ -343,6 +357,7 @@ def config_from_options(opts: CurateOptions) -> CurateConfig:
         shards=shards,
         output=opts.output,
         recipe=recipe,
+        staging=opts.staging,
         staging_flush_rows=opts.staging_flush_rows,
         incremental=opts.incremental,
         retry_failed=opts.retry_failed,

@@ -73,7 +73,14 @@ class CounterCombineFn(beam.CombineFn):
 
 
 class DistributionsFn(CounterCombineFn):
-    """(distribution, bucket) pairs -> {distribution: {bucket: count}}; small accumulators."""
+    """Written rows, or ready (distribution, bucket) pairs -> {distribution: {bucket: count}}.
+
+    Features are taken inside the combiner: one element per row, not one per histogram."""
+
+    def add_input(self, acc, element):
+        for pair in (element,) if isinstance(element, tuple) else row_features(element):
+            acc[pair] += 1
+        return acc
 
     def extract_output(self, acc):
         out: dict[str, dict[str, int]] = {}
@@ -105,9 +112,8 @@ class Distributions(beam.PTransform):
             | "ClusterBucket"
             >> beam.Map(lambda kv: ("duplicate cluster size", bucket(kv[1] + 1, _CLUSTER_BUCKETS)))
         )
-        features = pcolls["written"] | "Features" >> beam.FlatMap(row_features)
         return (
-            (features, clusters)
+            (pcolls["written"], clusters)
             | "AllFeatures" >> beam.Flatten()
             | "Histograms" >> beam.CombineGlobally(DistributionsFn())
         )
