@@ -1,19 +1,46 @@
+"""The demo end to end, smaller (600 digits, 300 steps): curation on the loopback server,
+training, zero-shot evaluation on the held-out digits, the pictures and the summary page."""
+
+import json
+
 import webdataset as wds
+from PIL import Image
 
 from pipeline.demo import main
 from schemas import Manifest, Stats
 
 
-def test_demo_curates_bundled_digits_into_readable_shards(tmp_path):
-    assert main(["--output", str(tmp_path), "--digits", "40", "--image-size", "32"]) == 0
+def test_demo_end_to_end_with_a_short_training(tmp_path, capsys):
+    assert (
+        main(["--output", str(tmp_path), "--digits", "600", "--steps", "300", "--batch-size", "64"])
+        == 0
+    )
     stats = Stats.from_json((tmp_path / "dataset/stats.json").read_text())
-    assert stats.written == 42  # 40 digits + 2 photos
-    assert stats.failed == {"decode": 1, "http_404": 1, "not_image": 1} and stats.duplicate == {
-        "duplicate_url": 1
-    }
+    stats.check()
+    assert stats.failed == {"decode": 1, "http_404": 8, "not_image": 1}
+    assert stats.filtered["boilerplate_caption"] > 0 and stats.filtered["missing_caption"] > 0
+    assert stats.duplicate["near_duplicate"] > 0
+    found = json.loads((tmp_path / "dataset/decontamination.json").read_text())
+    leaked = sum(1 for _ in (tmp_path / "web/copies").glob("leak-*"))
+    assert (
+        leaked > 0 and found["samples_removed"] >= leaked
+    )  # every leaked held-out digit was removed
     manifest = Manifest.from_json((tmp_path / "dataset/manifest.json").read_text())
     urls = [str(tmp_path / "dataset" / s.url) for s in manifest.shardlist]
-    samples = list(wds.WebDataset(urls, shardshuffle=False).decode("pil"))
-    assert len(samples) == 42 and all(s["jpg"].size == (32, 32) for s in samples)
-    labels = [s["json"]["label"] for s in samples]
-    assert sorted(set(labels) - {-1}) == list(range(10))
+    assert not any(
+        "leak-" in s["json"]["url"] for s in wds.WebDataset(urls, shardshuffle=False).decode()
+    )
+    zeroshot = json.loads((tmp_path / "zeroshot.json").read_text())
+    assert (
+        zeroshot["results"]["zeroshot_images"]
+        == sum(sum(row) for row in zeroshot["confusion"])
+        == 150
+    )
+    assert zeroshot["results"]["top-1"] > 0.5  # chance is 0.1
+    for png in ("training_curve.png", "confusion.png"):
+        assert Image.open(tmp_path / png).size[0] > 300
+    page = (tmp_path / "summary.html").read_text()
+    assert (
+        "Zero-shot top-1" in page and "training_curve.png" in page and "dataset/report.html" in page
+    )
+    assert "zero-shot top-1 on" in capsys.readouterr().out
