@@ -24,6 +24,7 @@ from pipeline.dedupe import DedupeUrls, ResolveChains
 from pipeline.download import DownloadImages
 from pipeline.images import DecodeResize
 from pipeline.options import CurateConfig, CurateOptions, config_from_options
+from pipeline.paths import join_path
 from pipeline.previous import ExcludePrevious
 from pipeline.read import InputError, ReadPairs, resolve
 from pipeline.read_shards import ReadShards, ShardInput, list_tars
@@ -137,7 +138,7 @@ def build(p: beam.Pipeline, cfg: CurateConfig, options_record: dict) -> None:
         | "Progress" >> beam.ParDo(LogProgress())
     )
     _ = rejects | "WriteRejects" >> beam.io.WriteToParquet(
-        FileSystems.join(cfg.output, REJECTS_DIR, "rejects"),
+        join_path(cfg.output, REJECTS_DIR, "rejects"),
         parquet_schema(cfg.read.extra_fields),
         file_name_suffix=".parquet",
     )
@@ -158,7 +159,7 @@ def prepare_output(cfg: CurateConfig) -> None:
     """Refuse to clobber a run unless asked; clear it for --overwrite; keep the staging log
     (and only it) for --resume."""
     out = cfg.output
-    finished = FileSystems.exists(FileSystems.join(out, MANIFEST_NAME))
+    finished = FileSystems.exists(join_path(out, MANIFEST_NAME))
     names = (
         SHARDS_DIR,
         REJECTS_DIR,
@@ -168,9 +169,7 @@ def prepare_output(cfg: CurateConfig) -> None:
         FOUND_NAME,
         STAGING_DIR,
     )
-    leftovers = [
-        FileSystems.join(out, n) for n in names if FileSystems.exists(FileSystems.join(out, n))
-    ]
+    leftovers = [join_path(out, n) for n in names if FileSystems.exists(join_path(out, n))]
     if cfg.resume and cfg.overwrite:
         raise InputError("--resume and --overwrite contradict each other; pass one")
     if cfg.resume:
@@ -241,7 +240,7 @@ def run(argv: list[str]) -> Stats:
     )
     p.run().wait_until_finish()
 
-    with FileSystems.open(FileSystems.join(cfg.output, STATS_NAME)) as f:
+    with FileSystems.open(join_path(cfg.output, STATS_NAME)) as f:
         stats = Stats.from_json(f.read().decode("utf-8"))
     stats.check()  # fails loudly when a row was lost or counted twice
     write_report(cfg.output)

@@ -21,6 +21,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from PIL import Image
 
+from pipeline.paths import join_path
 from pipeline.results import decision
 from schemas import IMAGE_EXTENSIONS, Reason, Status, split_member_name
 from schemas.imagehash import hamming, phash, phash_bands
@@ -69,7 +70,7 @@ def list_sources(source: str) -> list[str]:
             raise ValueError(f"--decontaminate {source!r} does not exist")
         return [source]
     else:
-        pattern = FileSystems.join(source, "**")
+        pattern = join_path(source, "**")
     files = [m.path for m in FileSystems.match([pattern])[0].metadata_list]
     files = sorted(f for f in files if f.endswith(".tar") or _is_image_name(f))
     if not files:
@@ -171,7 +172,7 @@ def _write_found(counts: list, total: int, output: str) -> None:
         "found": dict(sorted(counts)),
         "samples_removed": sum(n for _, n in counts),
     }
-    with FileSystems.create(FileSystems.join(output, FOUND_NAME)) as f:
+    with FileSystems.create(join_path(output, FOUND_NAME)) as f:
         f.write(json.dumps(report, indent=1).encode("utf-8"))
 
 

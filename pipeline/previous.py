@@ -16,6 +16,7 @@ from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
+from pipeline.paths import join_path
 from pipeline.read import InputError
 from pipeline.results import result_row
 from pipeline.shards import MANIFEST_NAME, SHARDS_DIR
@@ -24,13 +25,13 @@ from schemas.records import RESULT_FIELD_NAMES
 
 
 def check_previous(prev: str, flag: str) -> None:
-    if not FileSystems.exists(FileSystems.join(prev, MANIFEST_NAME)):
+    if not FileSystems.exists(join_path(prev, MANIFEST_NAME)):
         raise InputError(f"{flag} {prev!r} is not a finished webpairs output (no {MANIFEST_NAME})")
 
 
 def rejects_input(prev: str) -> tuple[str, tuple[str, ...]]:
     """(pattern of PREV's rejects, the pass-through columns they carry)."""
-    pattern = FileSystems.join(prev, "rejects", "*.parquet")
+    pattern = join_path(prev, "rejects", "*.parquet")
     files = [m.path for m in FileSystems.match([pattern])[0].metadata_list]
     if not files:
         raise InputError(f"--retry-failed {prev!r} has no rejects to retry")
@@ -70,7 +71,7 @@ class ExcludePrevious(beam.PTransform):
         self.previous = previous
 
     def expand(self, pairs):
-        pattern = FileSystems.join(self.previous, SHARDS_DIR, "*.parquet")
+        pattern = join_path(self.previous, SHARDS_DIR, "*.parquet")
         previous_keys = (
             pairs.pipeline
             | "MatchPrevious"

@@ -23,6 +23,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from pipeline.images import sniff_mime
+from pipeline.paths import join_path
 from pipeline.read import InputError
 from pipeline.results import result_row
 from schemas import IMAGE_EXTENSIONS, Manifest, Reason, Status, key_for_url, split_member_name
@@ -42,11 +43,11 @@ def list_tars(spec: str) -> list[str]:
         with FileSystems.open(spec) as f:
             manifest = Manifest.from_json(f.read().decode("utf-8"))
         base = spec.rsplit("/", 1)[0] if "/" in spec else "."
-        return [FileSystems.join(base, s.url) for s in manifest.shardlist]
+        return [join_path(base, s.url) for s in manifest.shardlist]
     patterns = list(braceexpand.braceexpand(spec)) if "{" in spec else [spec]
     if len(patterns) == 1 and not patterns[0].endswith(".tar") and "*" not in patterns[0]:
         folder = patterns[0].rstrip("/")
-        patterns = [FileSystems.join(folder, "*.tar"), FileSystems.join(folder, "shards", "*.tar")]
+        patterns = [join_path(folder, "*.tar"), join_path(folder, "shards", "*.tar")]
     files = []
     for pattern in patterns:
         files += [m.path for m in FileSystems.match([pattern])[0].metadata_list]

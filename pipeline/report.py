@@ -15,6 +15,7 @@ import sys
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline.paths import join_path
 from schemas import Manifest, ManifestError, Stats, Status
 
 REPORT_NAME = "report.html"
@@ -188,13 +189,11 @@ def render_html(stats: Stats, manifest: Manifest | None, decontamination: dict |
 
 
 def write_report(output: str) -> str:
-    stats = Stats.from_json(json.dumps(_read_json(FileSystems.join(output, "stats.json"))))
-    m = _read_json(FileSystems.join(output, "manifest.json"))
+    stats = Stats.from_json(json.dumps(_read_json(join_path(output, "stats.json"))))
+    m = _read_json(join_path(output, "manifest.json"))
     manifest = Manifest.from_dict(m) if m else None
-    page = render_html(
-        stats, manifest, _read_json(FileSystems.join(output, "decontamination.json"))
-    )
-    path = FileSystems.join(output, REPORT_NAME)
+    page = render_html(stats, manifest, _read_json(join_path(output, "decontamination.json")))
+    path = join_path(output, REPORT_NAME)
     with FileSystems.create(path) as f:
         f.write(page.encode("utf-8"))
     return path
@@ -229,7 +228,7 @@ def main(argv: list[str] | None = None, prog: str = "webpairs inspect") -> int:
     )
     parser.add_argument("output", help="an output folder of `webpairs curate`")
     args = parser.parse_args(argv)
-    data = _read_json(FileSystems.join(args.output, "stats.json"))
+    data = _read_json(join_path(args.output, "stats.json"))
     if data is None:
         sys.stderr.write(
             f"{prog}: error: {args.output} has no stats.json (not a finished webpairs output)\n"

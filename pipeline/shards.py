@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
+from pipeline.paths import join_path
 from pipeline.results import rows_to_table
 from schemas import Manifest, ShardEntry, sample_to_members
 
@@ -149,7 +150,7 @@ class _WriteShardFn(beam.DoFn):
         name = shard_name(index, num_shards)
         for row in rows:
             row["shard"] = name
-        base = FileSystems.join(self.cfg.output, SHARDS_DIR, name)
+        base = join_path(self.cfg.output, SHARDS_DIR, name)
         size, digest = _atomic_write(base + ".tar", lambda f: write_tar(rows, f))
         table = rows_to_table([public_row(r) for r in rows], self.cfg.extra_fields)
         _atomic_write(base + ".parquet", lambda f: pq.write_table(table, f))
@@ -222,7 +223,7 @@ def write_manifest(
     manifest = Manifest(
         shardlist=sorted(entries, key=lambda e: e.url), options=options, source=source
     )
-    path = FileSystems.join(output, MANIFEST_NAME)
+    path = join_path(output, MANIFEST_NAME)
     _atomic_write(path, lambda f: f.write(manifest.to_json().encode("utf-8")))
     return path
 

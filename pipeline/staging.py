@@ -20,6 +20,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from pipeline.dedupe import DropRemoved
+from pipeline.paths import join_path
 from pipeline.results import rows_to_table
 
 STAGING_DIR = "_staging"
@@ -28,14 +29,14 @@ _PRIVATE = (pa.field("_image", pa.binary()), pa.field("_ext", pa.string()))
 
 
 def staging_dir(output: str) -> str:
-    return FileSystems.join(output, STAGING_DIR)
+    return join_path(output, STAGING_DIR)
 
 
 def write_staged(rows: list[dict], output: str, extra: tuple[pa.Field, ...]) -> str:
     table = rows_to_table(rows, extra)
     table = table.append_column(_PRIVATE[0], pa.array([r.get("_image") for r in rows], pa.binary()))
     table = table.append_column(_PRIVATE[1], pa.array([r.get("_ext") for r in rows], pa.string()))
-    path = FileSystems.join(staging_dir(output), f"part-{uuid.uuid4().hex}.parquet")
+    path = join_path(staging_dir(output), f"part-{uuid.uuid4().hex}.parquet")
     tmp = path + ".tmp"
     with FileSystems.create(tmp) as f:
         pq.write_table(table, f)
@@ -100,7 +101,7 @@ class ReadStaged(beam.PTransform):
         self.output = output
 
     def expand(self, pbegin):
-        pattern = FileSystems.join(staging_dir(self.output), "*.parquet")
+        pattern = join_path(staging_dir(self.output), "*.parquet")
         return (
             pbegin
             | "Match"

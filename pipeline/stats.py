@@ -15,6 +15,7 @@ import time
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline.paths import join_path
 from pipeline.report import CounterCombineFn, Distributions
 from pipeline.urls import domain_of
 from schemas import Stats, Status
@@ -53,7 +54,7 @@ def build_stats(
 
 def _write_stats(outcomes, input_count, failed_by_domain, shard_count, distributions, output):
     stats = build_stats(outcomes, input_count, failed_by_domain, shard_count, distributions)
-    path = FileSystems.join(output, STATS_NAME)
+    path = join_path(output, STATS_NAME)
     with FileSystems.create(path) as f:
         f.write(stats.to_json().encode("utf-8"))
     return path
