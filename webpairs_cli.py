@@ -15,6 +15,11 @@ import sys
 
 COMMANDS = {
     "curate": ("pipeline.curate", "URL lists in, WebDataset shards out (Apache Beam)"),
+    "score": (
+        "pipeline.score_dataset",
+        "record a checkpoint's CLIP scores in an output's metadata",
+    ),
+    "select": ("pipeline.select", "re-select an output by its recorded metadata, no download"),
     "inspect": ("pipeline.report", "print the funnel and distributions of a curated output"),
     "train": ("trainer.train", "train a CLIP/BASIC dual encoder on shards"),
     "eval": ("trainer.evaluate", "zero-shot classification and retrieval"),

@@ -30,6 +30,7 @@ from pipeline.read import InputError, ReadPairs, resolve
 from pipeline.read_shards import ReadShards, ShardInput, list_tars
 from pipeline.report import REPORT_NAME, write_report
 from pipeline.results import parquet_schema
+from pipeline.score import ScorePairs, ScorerIdentity, check_scoring
 from pipeline.shards import (
     MANIFEST_NAME,
     SHARDS_DIR,
@@ -41,6 +42,7 @@ from pipeline.shards import (
 from pipeline.staging import STAGING_DIR, ReadStaged, SkipStaged, StageRows, staging_dir
 from pipeline.stats import STATS_NAME, LogProgress, WriteStats
 from schemas import Stats, StatsMismatchError, Status
+from schemas.records import EMBEDDING_FIELDS
 
 logger = logging.getLogger(__name__)
 PROG = "webpairs curate"
@@ -95,8 +97,9 @@ def _split_ok(row):
         yield beam.pvalue.TaggedOutput("not_ok", public_row(row))
 
 
-def curate_and_write(images, cfg: CurateConfig) -> dict:
-    """Decoded rows -> curation stages -> shards. -> {"rows": written, "removed", "shards", "not_ok"}."""
+def curate_and_write(images, cfg: CurateConfig, scorer: ScorerIdentity | None = None) -> dict:
+    """Decoded rows -> [scoring] -> curation stages -> shards.
+    -> {"rows": written, "removed", "shards", "not_ok"}."""
     p = images.pipeline
     split = images | "SplitOk" >> beam.ParDo(_split_ok).with_outputs("not_ok", main="ok")
     ok, not_ok = split.ok, split.not_ok
@@ -105,6 +108,9 @@ def curate_and_write(images, cfg: CurateConfig) -> dict:
         captions = replace(recipe.captions, detect_language=recipe.detects_language)
         ok = ok | "AnnotateCaptions" >> AnnotateCaptions(captions)
     extra = cfg.read.extra_fields
+    if scorer is not None:
+        ok = ok | "ScorePairs" >> ScorePairs(recipe.score, scorer)
+        extra += EMBEDDING_FIELDS if recipe.score.embeddings else ()
     light = ok | "LightRows" >> beam.Map(light_row)
     removed = []
     for stage in recipe.stages:
@@ -122,10 +128,13 @@ def curate_and_write(images, cfg: CurateConfig) -> dict:
     return {**written, "not_ok": not_ok}
 
 
-def build(p: beam.Pipeline, cfg: CurateConfig, options_record: dict) -> None:
-    """The job graph. `cfg.read` must be resolved (see read.resolve)."""
+def build(
+    p: beam.Pipeline, cfg: CurateConfig, options_record: dict, scorer: ScorerIdentity | None = None
+) -> None:
+    """The job graph. `cfg.read` must be resolved (see read.resolve); `scorer` is the checked
+    model of the recipe's `score` section (score.check_scoring)."""
     source = read_and_fetch(p, cfg)
-    written = curate_and_write(source["images"], cfg)
+    written = curate_and_write(source["images"], cfg, scorer)
     rejects = (
         written["not_ok"],
         written["removed"],
@@ -144,7 +153,7 @@ def build(p: beam.Pipeline, cfg: CurateConfig, options_record: dict) -> None:
     )
     lineage = cfg.incremental or cfg.retry_failed  # this output extends that one
     _ = written["shards"] | "WriteManifest" >> WriteManifest(
-        cfg.output, options_record, source=lineage
+        cfg.output, options_record, source=lineage, scorer=scorer.to_dict() if scorer else None
     )
     stats_inputs = {
         "results": results,
@@ -223,6 +232,7 @@ def run(argv: list[str]) -> Stats:
         cfg = replace(cfg, read=replace(cfg.read, input_format="webdataset", extra_fields=extra))
     else:
         cfg = replace(cfg, read=resolve(cfg.read))
+    scorer = check_scoring(cfg.recipe.score, cfg.recipe.stages)  # loads the model once, here
     prepare_output(cfg)
     record = {
         k: v
@@ -231,7 +241,7 @@ def run(argv: list[str]) -> Stats:
     }
 
     p = beam.Pipeline(options=options)
-    build(p, cfg, record)
+    build(p, cfg, record, scorer)
     logger.info(
         "curating %s -> %s on %s",
         cfg.read.input,

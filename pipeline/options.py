@@ -222,6 +222,12 @@ class CurateOptions(PipelineOptions):
             default=None,
             help="evaluation images: folder, tar glob or hash list",
         )
+        g.add_argument(
+            "--score-checkpoint",
+            dest="score_checkpoint",
+            default=None,
+            help="trainer checkpoint or run folder: record every pair's CLIP score and embeddings",
+        )
 
         g = parser.add_argument_group("images")
         g.add_argument(
@@ -342,6 +348,7 @@ def config_from_options(opts: CurateOptions) -> CurateConfig:
         blocklist=opts.blocklist,
         clean_captions=opts.clean_captions,
         decontaminate=opts.decontaminate,
+        score_checkpoint=opts.score_checkpoint,
     )
     return CurateConfig(
         read=read,

@@ -10,8 +10,11 @@ Stages (each a composite PTransform over light rows -> {"kept", "removed"}):
   exact_dedupe    same decoded pixels -> one survivor                                   (dedupe.ExactDedupe)
   near_dedupe     perceptual-hash LSH -> one survivor                                   (dedupe.NearDedupe)
   caption_dedupe  MinHash over caption 5-grams -> one survivor                          (dedupe.CaptionDedupe)
+  clip_score      CLIP score under min_score or outside the top fraction                (score.ClipScoreFilter)
+  semantic_dedupe image embeddings within a cosine threshold -> one survivor            (semdedup.SemanticDedupe)
 Captions are cleaned and their language detected before the stages, when `captions` asks for it
-or a filter needs the language.
+or a filter needs the language. A `score` section with a checkpoint scores every pair first
+(score.ScorePairs), which clip_score and semantic_dedupe need unless the input is scored.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from pipeline.dedupe import (
     NearDedupeConfig,
 )
 from pipeline.filters import Filter, FilterConfig
+from pipeline.score import ClipScoreConfig, ClipScoreFilter, ScoreConfig
+from pipeline.semdedup import SemanticDedupe, SemDedupConfig
 
 STAGES = {
     "filters": Filter,
@@ -40,6 +45,8 @@ STAGES = {
     "exact_dedupe": ExactDedupe,
     "near_dedupe": NearDedupe,
     "caption_dedupe": CaptionDedupe,
+    "clip_score": ClipScoreFilter,
+    "semantic_dedupe": SemanticDedupe,
 }
 
 
@@ -52,6 +59,9 @@ class Recipe:
     exact_dedupe: ExactDedupeConfig = field(default_factory=ExactDedupeConfig)
     near_dedupe: NearDedupeConfig = field(default_factory=NearDedupeConfig)
     caption_dedupe: CaptionDedupeConfig = field(default_factory=CaptionDedupeConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+    clip_score: ClipScoreConfig = field(default_factory=ClipScoreConfig)
+    semantic_dedupe: SemDedupConfig = field(default_factory=SemDedupConfig)
 
     def __post_init__(self):
         unknown = [s for s in self.stages if s not in STAGES]
@@ -101,6 +111,13 @@ PRESETS: dict[str, Recipe] = {
             drop_boilerplate=True,
         ),
     ),
+    # DataComp's CLIP-score baselines, on scores recorded by a `score` section (or a scored
+    # input): the top 30 % of pairs, or an absolute cosine of 0.3 -- a threshold made for
+    # OpenAI's ViT-B/32 scale; a small model of ours scores lower (see pipeline/score.py).
+    "datacomp_clip_top30": Recipe(
+        stages=("clip_score",), clip_score=ClipScoreConfig(top_fraction=0.3)
+    ),
+    "datacomp_clip_0.3": Recipe(stages=("clip_score",), clip_score=ClipScoreConfig(min_score=0.3)),
 }
 
 
@@ -167,6 +184,7 @@ def with_overrides(
     blocklist: str | None = None,
     clean_captions: bool = False,
     decontaminate: str | None = None,
+    score_checkpoint: str | None = None,
 ) -> Recipe:
     """The command line's shortcuts applied to a recipe; a filter or decontamination asked for
     on the command line is added (first) to the stages if the recipe lacks it."""
@@ -196,6 +214,8 @@ def with_overrides(
             r, decontaminate=dataclasses.replace(r.decontaminate, source=decontaminate)
         )
         r = _with_stage(r, "decontaminate")
+    if score_checkpoint is not None:
+        r = dataclasses.replace(r, score=dataclasses.replace(r.score, checkpoint=score_checkpoint))
     if "decontaminate" in r.stages and not r.decontaminate.source:
         raise ValueError(
             "the recipe runs 'decontaminate' but names no evaluation set (--decontaminate PATH)"

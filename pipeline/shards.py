@@ -29,6 +29,7 @@ from apache_beam.metrics import Metrics
 from pipeline.paths import join_path
 from pipeline.results import rows_to_table
 from schemas import Manifest, ShardEntry, sample_to_members
+from schemas.records import EMBEDDING_FIELD_NAMES
 
 SHARDS_DIR = "shards"
 MANIFEST_NAME = "manifest.json"
@@ -84,13 +85,18 @@ class _HashingWriter(io.RawIOBase):
         return len(b)
 
 
+def json_row(row: dict) -> dict:
+    """What KEY.json holds: the public row without embeddings (they live in the parquet)."""
+    return {k: v for k, v in public_row(row).items() if k not in EMBEDDING_FIELD_NAMES}
+
+
 def write_tar(samples: list[dict], fileobj) -> tuple[int, str]:
     """Stream the samples (already sorted) as a tar; -> (bytes written, sha256)."""
     out = _HashingWriter(fileobj)
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         for row in samples:
             for member in sample_to_members(
-                row["key"], row["_image"], row["_ext"], row["caption"], public_row(row)
+                row["key"], row["_image"], row["_ext"], row["caption"], json_row(row)
             ):
                 info = tarfile.TarInfo(member.name)
                 info.size = len(member.data)
@@ -101,7 +107,7 @@ def write_tar(samples: list[dict], fileobj) -> tuple[int, str]:
     return out.size, out.sha.hexdigest()
 
 
-def _atomic_write(path: str, write) -> object:
+def write_atomically(path: str, write) -> object:
     """Write through FileSystems to a temporary sibling, then rename into place."""
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:12]}"
     with FileSystems.create(tmp) as f:
@@ -133,6 +139,24 @@ def apply_decisions(
     return kept, removed
 
 
+def write_shard(rows: list[dict], name: str, cfg: ShardConfig) -> ShardEntry:
+    """Rows with `_image`, in their final order -> OUTPUT/shards/NAME.tar and NAME.parquet
+    (each written atomically); sets every row's `shard` to NAME."""
+    for row in rows:
+        row["shard"] = name
+    base = join_path(cfg.output, SHARDS_DIR, name)
+    size, digest = write_atomically(base + ".tar", lambda f: write_tar(rows, f))
+    table = rows_to_table([public_row(r) for r in rows], cfg.extra_fields)
+    write_atomically(base + ".parquet", lambda f: pq.write_table(table, f))
+    return ShardEntry(
+        url=f"{SHARDS_DIR}/{name}.tar",
+        nsamples=len(rows),
+        filesize=size,
+        sha256=digest,
+        parquet=f"{SHARDS_DIR}/{name}.parquet",
+    )
+
+
 class _WriteShardFn(beam.DoFn):
     def __init__(self, cfg: ShardConfig):
         self.cfg = cfg
@@ -147,26 +171,11 @@ class _WriteShardFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput("removed", row)
         if not rows:
             return
-        name = shard_name(index, num_shards)
-        for row in rows:
-            row["shard"] = name
-        base = join_path(self.cfg.output, SHARDS_DIR, name)
-        size, digest = _atomic_write(base + ".tar", lambda f: write_tar(rows, f))
-        table = rows_to_table([public_row(r) for r in rows], self.cfg.extra_fields)
-        _atomic_write(base + ".parquet", lambda f: pq.write_table(table, f))
+        entry = write_shard(rows, shard_name(index, num_shards), self.cfg)
         self.samples.inc(len(rows))
         self.shards.inc()
-        self.bytes.inc(size)
-        yield beam.pvalue.TaggedOutput(
-            "shards",
-            ShardEntry(
-                url=f"{SHARDS_DIR}/{name}.tar",
-                nsamples=len(rows),
-                filesize=size,
-                sha256=digest,
-                parquet=f"{SHARDS_DIR}/{name}.parquet",
-            ),
-        )
+        self.bytes.inc(entry.filesize)
+        yield beam.pvalue.TaggedOutput("shards", entry)
         for row in rows:
             yield public_row(row)
 
@@ -217,29 +226,48 @@ class WriteShards(beam.PTransform):
         return {"rows": written.rows, "removed": written.removed, "shards": written.shards}
 
 
+def save_manifest(manifest: Manifest, output: str) -> str:
+    """OUTPUT/manifest.json, written atomically. -> its path."""
+    path = join_path(output, MANIFEST_NAME)
+    write_atomically(path, lambda f: f.write(manifest.to_json().encode("utf-8")))
+    return path
+
+
 def write_manifest(
-    entries: list[ShardEntry], output: str, options: dict, source: str | None = None
+    entries: list[ShardEntry],
+    output: str,
+    options: dict,
+    source: str | None = None,
+    scorer: dict | None = None,
 ) -> str:
     manifest = Manifest(
-        shardlist=sorted(entries, key=lambda e: e.url), options=options, source=source
+        shardlist=sorted(entries, key=lambda e: e.url),
+        options=options,
+        source=source,
+        scorer=scorer,
     )
-    path = join_path(output, MANIFEST_NAME)
-    _atomic_write(path, lambda f: f.write(manifest.to_json().encode("utf-8")))
-    return path
+    return save_manifest(manifest, output)
 
 
 class WriteManifest(beam.PTransform):
     """ShardEntry per shard -> OUTPUT/manifest.json (one small file, written once)."""
 
-    def __init__(self, output: str, options: dict, source: str | None = None):
+    def __init__(
+        self, output: str, options: dict, source: str | None = None, scorer: dict | None = None
+    ):
         super().__init__()
-        self.output, self.options, self.source = output, options, source
+        self.output, self.options, self.source, self.scorer = output, options, source, scorer
 
     def expand(self, entries):
-        output, options, source = self.output, self.options, self.source
         return (
             entries
             | "CollectEntries" >> beam.combiners.ToList()
             | "WriteManifestFile"
-            >> beam.Map(write_manifest, output=output, options=options, source=source)
+            >> beam.Map(
+                write_manifest,
+                output=self.output,
+                options=self.options,
+                source=self.source,
+                scorer=self.scorer,
+            )
         )

@@ -16,7 +16,8 @@ from dataclasses import asdict, dataclass, field
 
 from schemas.records import Status
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
+READABLE_MANIFEST_VERSIONS = (1, 2)  # 2 added `scorer`
 STATS_VERSION = 2
 READABLE_STATS_VERSIONS = (1, 2)  # 2 added `distributions`
 MANIFEST_KIND = "webpairs-manifest"
@@ -56,6 +57,9 @@ class Manifest:
     name: str = "webpairs"
     source: str | None = None  # lineage: what this dataset was made from
     options: dict = field(default_factory=dict)  # the options of the run that wrote it
+    # the model whose clip_score / embeddings the per-shard parquet holds: {"checkpoint",
+    # "sha256", "model", "embed_dim", "step"} (pipeline/score.py); None when not scored
+    scorer: dict | None = None
     version: int = MANIFEST_VERSION
 
     @property
@@ -77,6 +81,7 @@ class Manifest:
             "total_samples": self.total_samples,
             "total_bytes": self.total_bytes,
             "options": self.options,
+            "scorer": self.scorer,
             "shardlist": [asdict(s) for s in self.shardlist],
         }
 
@@ -88,16 +93,18 @@ class Manifest:
         if d.get("format") != MANIFEST_KIND:
             raise ManifestError(f"not a webpairs manifest (format={d.get('format')!r})")
         version = d.get("version")
-        if version != MANIFEST_VERSION:
+        if version not in READABLE_MANIFEST_VERSIONS:
+            readable = ", ".join(map(str, READABLE_MANIFEST_VERSIONS))
             raise ManifestError(
-                f"manifest version {version} is not supported (this webpairs reads {MANIFEST_VERSION})"
+                f"manifest version {version} is not supported (this webpairs reads {readable})"
             )
         return cls(
             shardlist=[ShardEntry.from_dict(s) for s in d["shardlist"]],
             name=d.get("name", "webpairs"),
             source=d.get("source"),
             options=d.get("options") or {},
-            version=version,
+            scorer=d.get("scorer"),
+            version=MANIFEST_VERSION,  # older versions lack only optional fields
         )
 
     @classmethod

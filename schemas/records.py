@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-RESULT_SCHEMA_VERSION = 2
+RESULT_SCHEMA_VERSION = 3  # 3 added clip_score
 
 
 class Status:
@@ -71,12 +71,21 @@ class Reason:
     NEAR_DUPLICATE = "near_duplicate"  # perceptual hash within the threshold
     DUPLICATE_CAPTION = "duplicate_caption"  # near-identical caption (MinHash)
     IN_PREVIOUS = "in_previous_output"  # --incremental: the previous output holds this sample
+    # model-based curation (pipeline/score.py, pipeline/semdedup.py, pipeline/select.py)
+    LOW_CLIP_SCORE = "low_clip_score"  # under min_score, or outside the top fraction by score
+    UNSCORED = "unscored"  # a score filter met a pair the model could not score
+    SEMANTIC_DUPLICATE = "semantic_duplicate"  # image embeddings within the cosine threshold
 
     TRANSIENT = frozenset({DNS, CONNECT, TIMEOUT, NETWORK, CIRCUIT_OPEN})
 
     @staticmethod
     def http(status: int) -> str:
         return f"http_{status}"
+
+    @staticmethod
+    def rule(column: str) -> str:
+        """A `webpairs select --where` rule over `column` did not hold -> "rule_width"."""
+        return f"rule_{column}"
 
     @classmethod
     def is_transient(cls, reason: str | None) -> bool:
@@ -118,9 +127,19 @@ RESULT_FIELDS = (
     pa.field("pixel_hash", pa.string()),  # schemas.imagehash.pixel_hash of the written image
     pa.field("phash", pa.string()),  # schemas.imagehash.phash, 16 hex digits
     pa.field("language", pa.string()),  # ISO 639-1 code of the caption, when detected
+    pa.field("clip_score", pa.float32()),  # image-caption cosine similarity, when a model scored it
 )
 
 RESULT_FIELD_NAMES = tuple(f.name for f in RESULT_FIELDS)
+
+# Written after the result fields of a scored output's per-shard parquet only (not in KEY.json,
+# not in rejects): L2-normalized embeddings of the scoring model, float16. The manifest's
+# `scorer` names the model.
+EMBEDDING_FIELDS = (
+    pa.field("image_embedding", pa.list_(pa.float16())),
+    pa.field("text_embedding", pa.list_(pa.float16())),
+)
+EMBEDDING_FIELD_NAMES = tuple(f.name for f in EMBEDDING_FIELDS)
 
 
 def input_schema(extra: list[pa.Field] | tuple[pa.Field, ...] = ()) -> pa.Schema:

@@ -1,0 +1,39 @@
+"""Every `webpairs select` / `webpairs score` command that README.md and docs/ show is accepted
+by the real parsers: known flags, parsable --where rules, a preset or a recipe file name."""
+
+from __future__ import annotations
+
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipeline.curate import check_flags
+from pipeline.options import CurateOptions
+from pipeline.recipe import PRESETS
+from pipeline.score_dataset import config_from_options as score_config
+from pipeline.select import SelectOptions, parse_rule
+from tests.test_docs import documented
+
+SELECT = documented(r"webpairs select\b")
+SCORE = documented(r"webpairs score\b")
+
+
+def test_the_docs_show_select_and_score():
+    assert len(SELECT) >= 8 and len(SCORE) >= 1
+
+
+@pytest.mark.parametrize("where,argv", SELECT + SCORE, ids=[w for w, _ in SELECT + SCORE])
+def test_documented_select_or_score_command_is_accepted(where, argv):
+    options = PipelineOptions(argv)
+    check_flags(argv, options)  # unknown flags raise InputError
+    shared = options.view_as(CurateOptions)
+    assert shared.input, where
+    for rule in options.view_as(SelectOptions).where or ():
+        parse_rule(rule)
+    recipe = shared.recipe
+    assert recipe is None or recipe in PRESETS or recipe.endswith((".yaml", ".json")), where
+
+
+@pytest.mark.parametrize("where,argv", SCORE, ids=[w for w, _ in SCORE])
+def test_documented_score_command_uses_only_score_flags(where, argv):
+    _, cfg = score_config(PipelineOptions(argv).view_as(CurateOptions))
+    assert cfg.checkpoint, where
