@@ -284,10 +284,13 @@ def _help(prog: str) -> str:
     )
 
 
-def main(argv: list[str] | None = None, prog: str = PROG) -> int:
+def job_main(argv: list[str] | None, prog: str, help_text, run_job) -> int:
+    """The command-line shell every Beam job here shares: --help, logging, one-line errors
+    (exit 2 for bad input, 1 when the counts do not add up) and the job's summary line.
+    `help_text(prog)` -> str; `run_job(argv)` -> the summary line."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
-        sys.stdout.write(_help(prog))
+        sys.stdout.write(help_text(prog))
         return 0
     if not logging.getLogger().handlers:
         logging.basicConfig(
@@ -295,7 +298,7 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
         )
         logging.getLogger("apache_beam").setLevel(logging.WARNING)  # its INFO lines drown ours
     try:
-        stats = run(argv)
+        line = run_job(argv)
     except (InputError, ValueError) as e:
         sys.stderr.write(f"{prog}: error: {e}\n")
         return 2
@@ -304,8 +307,12 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
         return 1
     except SystemExit as e:  # argparse inside Beam on a malformed flag value
         return int(e.code or 2)
-    sys.stdout.write(summary_line(stats) + "\n")
+    sys.stdout.write(line + "\n")
     return 0
+
+
+def main(argv: list[str] | None = None, prog: str = PROG) -> int:
+    return job_main(argv, prog, _help, lambda a: summary_line(run(a)))
 
 
 if __name__ == "__main__":

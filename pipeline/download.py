@@ -23,7 +23,7 @@ import apache_beam as beam
 import urllib3
 
 from pipeline.concurrency import ThreadedMapFn
-from pipeline.fetch import Fetched, fetch_once, is_retryable
+from pipeline.fetch import DEADLINE_POOL_CLASSES, Fetched, fetch_once, is_retryable
 from pipeline.hosts import CircuitOpen, HostBusy, HostPolicy, RobotsCache
 from pipeline.images import sniff_mime
 from pipeline.netsafety import Resolver
@@ -75,6 +75,7 @@ class Crawler:
         self.http = urllib3.PoolManager(
             num_pools=512, maxsize=cfg.threads, block=False, retries=False
         )
+        self.http.pool_classes_by_scheme = DEADLINE_POOL_CLASSES  # headers under the deadline
         self.resolver = Resolver(timeout=cfg.dns_timeout, ttl=cfg.dns_ttl)
         self.hosts = HostPolicy(
             cfg.per_host, cfg.host_interval, cfg.breaker_failures, cfg.breaker_cooldown
@@ -141,7 +142,8 @@ def fetch(url: str, cfg: DownloadConfig, crawler: Crawler) -> Fetched:
         except HostBusy as e:
             result = Fetched(False, Reason.TIMEOUT, str(e))
         transient = is_retryable(result)
-        crawler.hosts.record(host, transient)
+        # a host that trickles past the deadline is failing too, though retrying it is futile
+        crawler.hosts.record(host, transient or result.reason == Reason.DEADLINE)
         if result.retry_after is not None and result.http_status in (429, 503):
             crawler.hosts.penalize(host, min(result.retry_after, cfg.max_retry_wait))
         if result.ok or not transient or attempt == cfg.retries:

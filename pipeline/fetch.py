@@ -12,6 +12,7 @@ from __future__ import annotations
 import email.utils
 import socket
 import ssl
+import threading
 import time
 import zlib
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from typing import TYPE_CHECKING
 from urllib.parse import urljoin, urlsplit
 
 import urllib3
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import (
     ConnectTimeoutError,
     LocationParseError,
@@ -37,6 +40,72 @@ if TYPE_CHECKING:
 
 _REDIRECTS = (301, 302, 303, 307, 308)
 _CHUNK = 64 * 1024
+
+
+@dataclass
+class _Deadline(threading.local):
+    """The monotonic time the current thread's attempt must end by (None: no attempt)."""
+
+    at: float | None = None
+
+
+_DEADLINE = _Deadline()  # per-thread, per-attempt: set and cleared by fetch_once
+
+
+class _DeadlineConnection:
+    """Connect, TLS handshake and the status line + headers, under the attempt's total deadline.
+
+    urllib3's timeouts are per socket operation, so a server that sends its headers a byte at
+    a time never trips them. A timer shuts the socket down when the deadline passes; the
+    blocked read then fails at once and fetch_once reports `deadline`. (The body is read in
+    fetch_once's own loop, which checks the deadline between reads.)"""
+
+    def _under_deadline(self, call):
+        at = _DEADLINE.at
+        if at is None:
+            return call()
+        timer = threading.Timer(max(0.0, at - time.monotonic()), self._expire)
+        timer.daemon = True
+        timer.start()
+        try:
+            return call()
+        finally:
+            timer.cancel()
+
+    def _expire(self) -> None:
+        sock = getattr(self, "sock", None)
+        if sock is not None:
+            try:  # the plain socket call: no TLS state is touched from this thread
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def connect(self):
+        return self._under_deadline(super().connect)
+
+    def getresponse(self, *args, **kwargs):
+        return self._under_deadline(
+            lambda: super(_DeadlineConnection, self).getresponse(*args, **kwargs)
+        )
+
+
+class _HTTPConnection(_DeadlineConnection, HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_DeadlineConnection, HTTPSConnection):
+    pass
+
+
+class _HTTPPool(HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class _HTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
+
+
+DEADLINE_POOL_CLASSES = {"http": _HTTPPool, "https": _HTTPSPool}  # for urllib3.PoolManager
 
 
 @dataclass
@@ -140,7 +209,7 @@ def _read_body(resp, cfg: DownloadConfig, deadline_at: float, max_bytes: int) ->
         remaining = deadline_at - time.monotonic()
         if remaining <= 0:
             raise _Failure(
-                Reason.TIMEOUT, f"deadline of {cfg.deadline}s passed while reading the body"
+                Reason.DEADLINE, f"deadline of {cfg.deadline}s passed while reading the body"
             )
         _set_read_timeout(resp, min(cfg.read_timeout, remaining))
         chunk = resp.read1(_CHUNK, decode_content=False)
@@ -204,12 +273,13 @@ def fetch_once(
     }
     current = url
     resp = None
+    _DEADLINE.at = deadline_at
     try:
         for _hop in range(cfg.max_redirects + 1):
             remaining = deadline_at - time.monotonic()
             if remaining <= 0:
                 raise _Failure(
-                    Reason.TIMEOUT, f"deadline of {cfg.deadline}s passed during redirects"
+                    Reason.DEADLINE, f"deadline of {cfg.deadline}s passed during redirects"
                 )
             timeout = urllib3.Timeout(
                 connect=min(cfg.connect_timeout, remaining), read=min(cfg.read_timeout, remaining)
@@ -260,8 +330,12 @@ def fetch_once(
         )
     except Exception as e:  # urllib3/socket/ssl/DNS errors, classified
         reason, detail = _classify(e)
+        if time.monotonic() >= deadline_at and reason in (Reason.TIMEOUT, Reason.NETWORK):
+            reason = Reason.DEADLINE  # the timer cut the connection, or the last read ran out
+            detail = f"deadline of {cfg.deadline}s passed before the headers ({detail})"
         return Fetched(False, reason, detail, final_url=current)
     finally:
+        _DEADLINE.at = None
         if resp is not None:
             resp.release_conn() if resp.isclosed() else resp.close()
 

@@ -31,7 +31,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipeline.curate import check_flags
+from pipeline.curate import check_flags, job_main
 from pipeline.options import CurateOptions
 from pipeline.read import InputError
 from pipeline.recipe import load_recipe
@@ -175,34 +175,26 @@ def run(argv: list[str]) -> tuple[Source, dict]:
     return source, {c.key.metric.name: c.committed for c in counters}
 
 
-def main(argv: list[str] | None = None, prog: str = PROG) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "-h" in argv or "--help" in argv:
-        sys.stdout.write(
-            f"usage: {prog} --input OUTPUT --score-checkpoint RUN_OR_FILE [--recipe RECIPE]\n\n"
-            "Record a trainer checkpoint's CLIP score and embeddings in a webpairs output's\n"
-            "per-shard parquet (the tars are not rewritten); the manifest names the model.\n"
-            "--recipe: only its `score` section (batch_size, device, threads, large_model) is\n"
-            "read. Any Beam pipeline option (--runner, --direct_num_workers, ...) is accepted.\n"
-        )
-        return 0
-    if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
-        logging.getLogger("apache_beam").setLevel(logging.WARNING)
-    try:
-        source, counts = run(argv)
-    except (InputError, ValueError) as e:
-        sys.stderr.write(f"{prog}: error: {e}\n")
-        return 2
-    except SystemExit as e:
-        return int(e.code or 2)
-    sys.stdout.write(
-        f"scored {counts.get('scored', 0)} pairs in {len(source.shards)} shards"
-        f" ({counts.get('undecodable', 0)} unreadable); {source.path}/manifest.json names the model\n"
+def _help(prog: str) -> str:
+    return (
+        f"usage: {prog} --input OUTPUT --score-checkpoint RUN_OR_FILE [--recipe RECIPE]\n\n"
+        "Record a trainer checkpoint's CLIP score and embeddings in a webpairs output's\n"
+        "per-shard parquet (the tars are not rewritten); the manifest names the model.\n"
+        "--recipe: only its `score` section (batch_size, device, threads, large_model) is\n"
+        "read. Any Beam pipeline option (--runner, --direct_num_workers, ...) is accepted.\n"
     )
-    return 0
+
+
+def _run_and_summarise(argv: list[str]) -> str:
+    source, counts = run(argv)
+    return (
+        f"scored {counts.get('scored', 0)} pairs in {len(source.shards)} shards"
+        f" ({counts.get('undecodable', 0)} unreadable); {source.path}/manifest.json names the model"
+    )
+
+
+def main(argv: list[str] | None = None, prog: str = PROG) -> int:
+    return job_main(argv, prog, _help, _run_and_summarise)
 
 
 if __name__ == "__main__":

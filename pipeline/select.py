@@ -32,7 +32,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipeline.captions import AnnotateCaptions, CaptionConfig
-from pipeline.curate import REJECTS_DIR, check_flags, summary_line
+from pipeline.curate import REJECTS_DIR, check_flags, job_main, summary_line
 from pipeline.decontaminate import FOUND_NAME
 from pipeline.dedupe import ResolveChains
 from pipeline.options import CurateOptions
@@ -45,7 +45,7 @@ from pipeline.results import decision, parquet_schema
 from pipeline.score import ScorePairs, ScorerIdentity, check_scoring, is_remote
 from pipeline.shards import MANIFEST_NAME, SHARDS_DIR, ShardConfig, WriteManifest, public_row
 from pipeline.stats import STATS_NAME, WriteStats
-from schemas import Reason, Stats, StatsMismatchError, Status
+from schemas import Reason, Stats, Status
 from schemas.records import EMBEDDING_FIELD_NAMES, EMBEDDING_FIELDS
 
 logger = logging.getLogger(__name__)
@@ -402,27 +402,7 @@ def _help(prog: str) -> str:
 
 
 def main(argv: list[str] | None = None, prog: str = PROG) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "-h" in argv or "--help" in argv:
-        sys.stdout.write(_help(prog))
-        return 0
-    if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
-        logging.getLogger("apache_beam").setLevel(logging.WARNING)
-    try:
-        stats = run(argv)
-    except (InputError, ValueError) as e:
-        sys.stderr.write(f"{prog}: error: {e}\n")
-        return 2
-    except StatsMismatchError as e:
-        sys.stderr.write(f"{prog}: error: {e}\n")
-        return 1
-    except SystemExit as e:
-        return int(e.code or 2)
-    sys.stdout.write(summary_line(stats) + "\n")
-    return 0
+    return job_main(argv, prog, _help, lambda a: summary_line(run(a)))
 
 
 if __name__ == "__main__":

@@ -39,7 +39,8 @@ class Reason:
     DNS = "dns"
     CONNECT = "connect"
     TLS = "tls"
-    TIMEOUT = "timeout"
+    TIMEOUT = "timeout"  # no connection, or a silent read, within its timeout: retried
+    DEADLINE = "deadline"  # the attempt's total deadline passed (a trickling server): not retried
     TOO_LARGE = "too_large"
     TOO_MANY_REDIRECTS = "too_many_redirects"
     OPTED_OUT = "opted_out"

@@ -170,6 +170,16 @@ def _make_handler(site: Site):
                 except (BrokenPipeError, ConnectionResetError):
                     pass
                 return None
+            if path == "/slow-headers.jpg":  # the status line and headers, a byte per 0.3 s
+                try:
+                    for b in b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nX-Pad: " + b"a" * 200:
+                        self.wfile.write(bytes([b]))
+                        self.wfile.flush()
+                        time.sleep(0.3)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+                self.close_connection = True
+                return None
             if path == "/big.jpg":  # honest Content-Length, too big
                 return self._send(200, jpeg + b"\0" * (3 * 1024 * 1024), "image/jpeg")
             if path == "/big-chunked.jpg":  # no Content-Length: the cap must bite while streaming

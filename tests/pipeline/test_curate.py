@@ -38,7 +38,7 @@ CAPTIONS = {
 BAD = {
     "/missing.jpg": ("failed", "http_404"),
     "/always500/x.jpg": ("failed", "http_503"),
-    "/slow.jpg": ("failed", "timeout"),
+    "/slow.jpg": ("failed", "deadline"),
     "/big.jpg": ("failed", "too_large"),
     "/big-chunked.jpg": ("failed", "too_large"),
     "/truncated.jpg": ("failed", "decode"),

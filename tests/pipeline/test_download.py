@@ -44,8 +44,20 @@ def test_trickling_server_cannot_extend_the_deadline(site, http):
     cfg = DownloadConfig(allow_private_networks=True, deadline=1.5, read_timeout=1.0, retries=0)
     start = time.monotonic()
     got = fetch(site.url("/slow.jpg"), cfg, Crawler(cfg))
-    assert got.reason == "timeout"
+    assert got.reason == "deadline"
     assert time.monotonic() - start < cfg.deadline + 0.5  # bytes arrive every 0.5 s, forever
+
+
+def test_a_deadline_failure_is_not_retried_but_counts_against_the_host(site, http):
+    cfg = DownloadConfig(
+        allow_private_networks=True, deadline=1.0, read_timeout=1.0, retries=2, breaker_failures=1
+    )
+    crawler = Crawler(cfg)
+    start = time.monotonic()
+    got = fetch(site.url("/slow-headers.jpg"), cfg, crawler)
+    assert got.reason == "deadline"
+    assert time.monotonic() - start < 2 * cfg.deadline  # one attempt, not three
+    assert fetch(site.url("/a.jpg"), cfg, crawler).reason == "circuit_open"
 
 
 def test_retry_recovers_from_one_500(site, http):

@@ -38,7 +38,8 @@ def _outcome(site, path: str, cfg: DownloadConfig = CFG) -> tuple[dict, float]:
 @pytest.mark.parametrize(
     ("path", "reason"),
     [
-        ("/slow.jpg", "timeout"),  # trickles a byte every 0.5 s
+        ("/slow.jpg", "deadline"),  # trickles a byte every 0.5 s
+        ("/slow-headers.jpg", "deadline"),  # trickles its status line and headers
         ("/endless.jpg", "too_large"),  # a body that never ends
         ("/ten-gb.jpg", "too_large"),  # Content-Length: 10 GB
         ("/gzip-bomb.jpg", "too_large"),  # 64 MiB of zeros in 64 KiB of gzip
