@@ -7,6 +7,7 @@ unique["unique"], unique["duplicates"]
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -17,6 +18,8 @@ from apache_beam.metrics import Metrics
 from pipeline.results import decision, result_row
 from schemas import Reason, Status
 from schemas.imagehash import hamming_matrix, phash_bands
+
+log = logging.getLogger(__name__)
 
 
 def survivor_order(pair: dict) -> tuple:
@@ -113,33 +116,64 @@ def exact_duplicate_decisions(rows: Iterable[dict]) -> Iterator[dict]:
             )
 
 
+def _min_neighbour_label(pairs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """(k,) the smallest label among each node's neighbours, both ways of `pairs` (k, k) (k where
+    none), in row blocks so the (rows, k) temporary stays under ~16 MB. Reading `pairs` by rows
+    and by columns avoids materialising the transposed (symmetric) matrix."""
+    k = len(labels)
+    by_row = np.empty(k, dtype=labels.dtype)
+    by_col = np.full(k, k, dtype=labels.dtype)
+    rows = max(1, (1 << 22) // max(k, 1))
+    for start in range(0, k, rows):
+        block = pairs[start : start + rows]  # (rows, k) bool
+        by_row[start : start + rows] = np.where(block, labels[None, :], k).min(axis=1)
+        col = np.where(block, labels[start : start + rows, None], k).min(axis=0)  # (k,)
+        np.minimum(by_col, col, out=by_col)
+    return np.minimum(by_row, by_col)
+
+
+def connected_labels(pairs: np.ndarray) -> np.ndarray:
+    """(k,) for pairs (k, k) read as undirected edges: each node's label is the smallest node
+    index of its connected component. Min-label propagation with hooking and pointer jumping:
+    every round each tree hooks onto its smallest neighbouring tree, so the number of trees per
+    component at least halves and a path of k nodes takes ~log2(k) rounds, each O(k^2) in numpy."""
+    k = len(pairs)
+    labels = np.arange(k, dtype=np.int32)  # invariant: labels[i] <= i, in i's component
+    while True:
+        nbr = _min_neighbour_label(pairs, labels)
+        new = np.minimum(labels, nbr)
+        np.minimum.at(new, labels, nbr)  # hook: i's root takes i's smallest neighbour label
+        while True:  # pointer jumping until every node names its root
+            jumped = new[new]
+            if np.array_equal(jumped, new):
+                break
+            new = jumped
+        if np.array_equal(new, labels):
+            return labels
+        labels = new
+
+
 def cluster_losers(
     keys: list[str], orders: list[tuple], adjacent: np.ndarray
 ) -> list[tuple[str, str, tuple]]:
-    """Union-find over the pairs marked in `adjacent` (n, n) -> (loser, survivor key, survivor
-    order) for every item that is not the best (smallest order) of its connected group."""
-    n = len(keys)
-    parent = list(range(n))
-
-    def find(i):
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    rows, cols = np.nonzero(np.triu(adjacent, k=1))
-    for i, j in zip(rows.tolist(), cols.tolist()):
-        ri, rj = find(i), find(j)
-        if ri != rj:
-            parent[ri] = rj
-    best: dict[int, int] = {}
-    for i in range(n):
-        r = find(i)
-        if r not in best or orders[i] < orders[best[r]]:
-            best[r] = i
+    """Connected groups of the pairs marked above the diagonal of `adjacent` (n, n) ->
+    (loser, survivor key, survivor order) for every item that is not the best (smallest order,
+    then smallest index) of its group, losers in index order. Only items with at least one
+    neighbour enter the vectorised component search, and no Python loop runs per pair."""
+    adjacent = np.asarray(adjacent, dtype=bool)
+    marks = adjacent.sum(axis=0, dtype=np.int32) + adjacent.sum(axis=1, dtype=np.int32)  # (n,)
+    linked = np.flatnonzero(marks > 2 * adjacent.diagonal())  # (k,) items with a mark off it
+    if len(linked) == 0:
+        return []
+    sub = adjacent if len(linked) == len(adjacent) else adjacent[linked][:, linked]  # (k, k)
+    labels = connected_labels(np.triu(sub, k=1))  # only pairs i < j count, as edges both ways
+    best: dict[int, int] = {}  # component label -> index into `linked` of its best item
+    for j, (i, label) in enumerate(zip(linked.tolist(), labels.tolist())):
+        if label not in best or orders[i] < orders[linked[best[label]]]:
+            best[label] = j
     out = []
-    for i in range(n):
-        b = best[find(i)]
+    for i, label in zip(linked.tolist(), labels.tolist()):
+        b = int(linked[best[label]])
         if b != i:
             out.append((keys[i], keys[b], orders[b]))
     return out
@@ -157,17 +191,38 @@ def near_duplicate_pairs(
 
 
 class _CompareBucketFn(beam.DoFn):
-    """(bucket, items) -> (loser, (survivor order, survivor)) from `pairs_fn(items, threshold)`."""
+    """(bucket, items) -> (loser, (survivor order, survivor)) from `pairs_fn(items, threshold)`.
+
+    A bucket over `max_bucket` items is compared in hash-sorted chunks: pairs that fall in
+    different chunks are never compared (lost recall), so such buckets and their items are
+    counted and the first one of each bundle is logged."""
 
     def __init__(self, pairs_fn, threshold, max_bucket: int, stage: str):
         self.pairs_fn, self.threshold, self.max_bucket = pairs_fn, threshold, max_bucket
+        self.stage = stage
         self.oversized = Metrics.counter(stage, "oversized_buckets")
+        self.oversized_rows = Metrics.counter(stage, "oversized_bucket_rows")
+
+    def start_bundle(self):
+        self._warned = False
 
     def process(self, element):
-        _, items = element
+        bucket, items = element
         items = sorted(items, key=lambda it: it[1])  # by hash: chunks of a huge bucket stay local
         if len(items) > self.max_bucket:
             self.oversized.inc()
+            self.oversized_rows.inc(len(items))
+            if not self._warned:
+                self._warned = True
+                log.warning(
+                    "%s: bucket %r holds %d items > max_bucket %d: compared in %d chunks, pairs "
+                    "across chunks are missed (counter oversized_bucket_rows; first this bundle)",
+                    self.stage,
+                    bucket,
+                    len(items),
+                    self.max_bucket,
+                    -(-len(items) // self.max_bucket),
+                )
         for start in range(0, len(items), self.max_bucket):
             for loser, survivor, order in self.pairs_fn(
                 items[start : start + self.max_bucket], self.threshold
@@ -176,38 +231,81 @@ class _CompareBucketFn(beam.DoFn):
 
 
 def _follow_once(element):
-    """Pointer jumping. (K, {"in": decisions naming K as survivor, "out": K's own target})."""
-    key, groups = element
-    outs = list(groups["out"])
-    for d in groups["in"]:
-        if outs and outs[0] != d["key"]:
-            d = {**d, "duplicate_of": outs[0]}
-        yield d
+    """Pointer jumping. (K, [("out", K's own target) or ("in", a decision naming K)]): the
+    re-iterable group is read twice (the target, then the decisions), never held as a list."""
+    key, tagged = element
+    # K's own targets: one, unless two stages removed K; a URL duplicate names its own key.
+    targets = [v for tag, v in tagged if tag == "out" and v != key]
+    target = min(targets) if targets else None
+    for tag, d in tagged:
+        if tag == "in":
+            if target is not None and target != d["key"]:
+                d = {**d, "duplicate_of": target}
+            yield d
+
+
+class _CountUnresolvedFn(beam.DoFn):
+    """(K, tagged as in _follow_once) -> the decisions naming K, unchanged; those still naming a
+    removed row (a chain longer than the rounds followed) are counted, and logged per bundle."""
+
+    def __init__(self, rounds: int):
+        self.rounds = rounds
+        self.unresolved = Metrics.counter("resolve_chains", "unresolved_chains")
+
+    def start_bundle(self):
+        self._count = 0
+
+    def process(self, element):
+        key, tagged = element
+        removed = any(tag == "out" and v != key for tag, v in tagged)
+        for tag, d in tagged:
+            if tag == "in":
+                if removed:
+                    self._count += 1
+                    self.unresolved.inc()
+                yield d
+
+    def finish_bundle(self):
+        if self._count:
+            log.warning(
+                "ResolveChains: %d decisions still name a removed row after %d rounds "
+                "(chains over %d links): raise chain_rounds",
+                self._count,
+                self.rounds,
+                2**self.rounds,
+            )
+
+
+def _join_by_target(decisions, label: str):
+    """Decisions with duplicate_of -> (K, tagged): ("in", d) keyed by its target K, and ("out",
+    target) keyed by its own key, grouped together (one GroupByKey, re-iterable values)."""
+    ins = decisions | f"ByTarget{label}" >> beam.Map(lambda d: (d["duplicate_of"], ("in", d)))
+    outs = decisions | f"ByLoser{label}" >> beam.Map(
+        lambda d: (d["key"], ("out", d["duplicate_of"]))
+    )
+    return (ins, outs) | f"Tag{label}" >> beam.Flatten() | f"Join{label}" >> beam.GroupByKey()
 
 
 class ResolveChains(beam.PTransform):
     """Decisions whose `duplicate_of` may itself have been removed as a duplicate -> decisions
     naming the final survivor (each round halves the longest chain; 3 rounds follow 8 links).
-    Decisions without `duplicate_of` pass through."""
+    Decisions without `duplicate_of` (filters) go around the joins, so they never meet in one
+    group; a final join counts decisions still naming a removed row (`unresolved_chains`)."""
 
     def __init__(self, rounds: int = 3):
         super().__init__()
         self.rounds = rounds
 
     def expand(self, decisions):
+        links, others = decisions | "SplitLinks" >> beam.Partition(
+            lambda d, _: 0 if d["duplicate_of"] is not None else 1, 2
+        )
         for r in range(self.rounds):
-            ins = decisions | f"ByTarget{r}" >> beam.Map(lambda d: (d["duplicate_of"] or "", d))
-            outs = (
-                decisions
-                | f"OnlyDuplicates{r}" >> beam.Filter(lambda d: d["duplicate_of"] is not None)
-                | f"ByLoser{r}" >> beam.Map(lambda d: (d["key"], d["duplicate_of"]))
-            )
-            decisions = (
-                {"in": ins, "out": outs}
-                | f"Join{r}" >> beam.CoGroupByKey()
-                | f"Follow{r}" >> beam.FlatMap(_follow_once)
-            )
-        return decisions
+            links = _join_by_target(links, str(r)) | f"Follow{r}" >> beam.FlatMap(_follow_once)
+        links = _join_by_target(links, "Check") | "CountUnresolved" >> beam.ParDo(
+            _CountUnresolvedFn(self.rounds)
+        )
+        return (links, others) | "Merge" >> beam.Flatten()
 
 
 class _DropRemovedFn(beam.DoFn):
@@ -260,6 +358,13 @@ class ExactDedupe(beam.PTransform):
 
 @dataclass(frozen=True)
 class NearDedupeConfig:
+    """`max_bucket` trades recall for bounded work: a band bucket over it is sorted by phash and
+    compared in chunks of `max_bucket`, so compares stay <= bands * max_bucket per row, but two
+    near copies that land in different chunks (they differ in the high bits the sort uses) are
+    never compared in that band. Buckets reach it past ~2**5 * max_bucket rows with the default
+    13 bands (131k rows); counters `oversized_buckets` and `oversized_bucket_rows` say how much
+    of a run was chunked. It bounds compares, not memory: the bucket is still sorted as a list."""
+
     threshold: int = (
         12  # max Hamming distance between 64-bit phashes (chosen on the planted set, see tests)
     )
@@ -337,11 +442,25 @@ def caption_duplicate_pairs(
     """Items (key, signature, order) of one bucket -> losers whose estimated Jaccard >= threshold."""
     if len(items) < 2:
         return []
-    sig = np.array([s for _, s, _ in items], dtype=np.uint64)  # (n, num_perm)
-    similarity = (sig[:, None, :] == sig[None, :, :]).mean(axis=-1)  # (n, n)
-    return cluster_losers(
-        [k for k, _, _ in items], [o for _, _, o in items], similarity >= threshold
-    )
+    equal = equal_minhash_counts([s for _, s, _ in items])  # (n, n)
+    num_perm = len(items[0][1])
+    # The fewest equal values whose share (count / num_perm, in float64) reaches the threshold.
+    shares = np.arange(num_perm + 1) / num_perm
+    need = int(np.argmax(shares >= threshold)) if shares[-1] >= threshold else num_perm + 1
+    return cluster_losers([k for k, _, _ in items], [o for _, _, o in items], equal >= need)
+
+
+def equal_minhash_counts(signatures: list[tuple[int, ...]]) -> np.ndarray:
+    """(n, n) number of equal MinHash values per pair, counted one permutation at a time: an
+    (n, n) uint8 (16 MB at 4096 rows), never an (n, n, num_perm) array."""
+    by_perm = np.array(signatures, dtype=np.uint64).T.copy()  # (num_perm, n), rows contiguous
+    num_perm, n = by_perm.shape
+    equal = np.zeros((n, n), dtype=np.min_scalar_type(num_perm))
+    same = np.empty((n, n), dtype=bool)
+    for values in by_perm:  # (n,)
+        np.equal(values[:, None], values[None, :], out=same)
+        equal += same
+    return equal
 
 
 @dataclass(frozen=True)
