@@ -21,7 +21,8 @@ import torch
 from trainer.configs import TrainConfig, get_model_config
 from trainer.distributed import World, pick_device
 from trainer.model import CLIP
-from trainer.train import Session, autocast_for, make_optimizer, train_step
+from trainer.session import Session, make_optimizer
+from trainer.train import autocast_for, train_step
 
 
 def rss_mb() -> float:

@@ -7,14 +7,18 @@ cfg = run_config_from_args(args)   # RunConfig(model=..., data=..., schedule=...
 from __future__ import annotations
 
 import argparse
+import math
 
 from trainer.configs import (
     DataConfig,
     EvalConfig,
+    LossConfig,
     RunConfig,
     ScheduleConfig,
     TrainConfig,
     UserError,
+    check_input_sizes,
+    check_loss,
     get_model_config,
     list_models,
     validate_model_config,
@@ -26,6 +30,7 @@ def build_train_parser() -> argparse.ArgumentParser:
         prog="webpairs train", description="Train a CLIP dual encoder on WebDataset shards."
     )
     d, m, o, e, r = TrainConfig(), DataConfig(), ScheduleConfig(), EvalConfig(), "store_true"
+    loss = LossConfig()
     g = p.add_argument_group("data")
     g.add_argument(
         "--data",
@@ -58,8 +63,27 @@ def build_train_parser() -> argparse.ArgumentParser:
         default="tiny",
         help=f"preset: {', '.join(list_models())} (with --resume: the checkpoint's)",
     )
-    g.add_argument("--image-size", type=int)
-    g.add_argument("--context-length", type=int)
+    g.add_argument(
+        "--image-size", type=int, help="training resolution (with --finetune-at: before it)"
+    )
+    g.add_argument(
+        "--context-length", type=int, help="caption tokens (with --finetune-at: before it)"
+    )
+    g.add_argument(
+        "--patch-dropout",
+        type=float,
+        metavar="P",
+        help="drop this share of image patches at random while training (FLIP; ViT)",
+    )
+    g.add_argument(
+        "--finetune-at",
+        type=int,
+        default=o.finetune_at,
+        metavar="STEP",
+        help="from STEP on: full image size and context length, no patch dropout (CLIPA/FLIP)",
+    )
+    g.add_argument("--finetune-image-size", type=int, help="the model's (full) resolution")
+    g.add_argument("--finetune-context-length", type=int, help="the model's (full) context")
     g.add_argument(
         "--set",
         action="append",
@@ -80,6 +104,45 @@ def build_train_parser() -> argparse.ArgumentParser:
                    help="torch threads per rank (default: on CPU, the cores left by loader "
                         "workers; OMP_NUM_THREADS wins)")  # fmt: skip
     g.add_argument("--seed", type=int, default=d.seed)
+    g = p.add_argument_group("contrastive batch and memory (BASIC, SigLIP)")
+    g.add_argument(
+        "--loss",
+        choices=["infonce", "sigmoid"],
+        default=loss.kind,
+        help="softmax InfoNCE (CLIP) or pairwise sigmoid with a learnable bias (SigLIP)",
+    )
+    g.add_argument(
+        "--loss-impl",
+        choices=["dense", "tiled"],
+        default=loss.impl,
+        help="tiled: the loss in blocks, never the whole logit matrix (memory for time)",
+    )
+    g.add_argument(
+        "--loss-tile", type=int, default=loss.tile, help="block side of --loss-impl tiled"
+    )
+    g.add_argument(
+        "--accum-steps",
+        type=int,
+        default=d.accum_steps,
+        metavar="K",
+        help="split each rank's batch into K micro-batches; the loss still sees the whole batch",
+    )
+    g.add_argument(
+        "--grad-checkpointing", action=r, help="recompute each block's activations in backward"
+    )
+    g.add_argument(
+        "--strategy",
+        choices=["ddp", "fsdp"],
+        default=d.strategy,
+        help="fsdp: shard weights, gradients and optimizer state per block (FSDP2)",
+    )
+    g.add_argument("--compile", action=r, help="torch.compile every block (off by default)")
+    g.add_argument(
+        "--compile-backend",
+        default=d.compile_backend,
+        metavar="NAME",
+        help="torch.compile backend of --compile (aot_eager: no code generation)",
+    )
     g = p.add_argument_group("run")
     g.add_argument("--output", required=True, metavar="RUN_DIR")
     g.add_argument("--resume", metavar="latest|CHECKPOINT")
@@ -109,15 +172,41 @@ def build_train_parser() -> argparse.ArgumentParser:
 
 
 def run_config_from_args(args: argparse.Namespace) -> RunConfig:
-    model = get_model_config(args.model, args.set)
-    if args.image_size is not None:
-        model.vision.image_size = args.image_size
-    if args.context_length is not None:
-        model.text.context_length = args.context_length
+    overrides = list(args.set)
+    if args.loss == "sigmoid":  # SigLIP's initial temperature 1/10 and bias -10 (--set wins)
+        overrides = [f"init_logit_scale={math.log(10)}", "init_logit_bias=-10", *overrides]
+    model = get_model_config(args.model, overrides)
+    finetune = args.finetune_at > 0
+    if not finetune and (args.finetune_image_size or args.finetune_context_length):
+        raise UserError("--finetune-image-size and --finetune-context-length need --finetune-at")
+    # with a finetune phase, the model has the full sizes and --image-size etc. come before it
+    image_size = args.finetune_image_size if finetune else args.image_size
+    context_length = args.finetune_context_length if finetune else args.context_length
+    if image_size is not None:
+        model.vision.image_size = image_size
+    if context_length is not None:
+        model.text.context_length = context_length
+    if args.patch_dropout is not None:
+        model.vision.patch_dropout = args.patch_dropout
     validate_model_config(model)
-    for name in ("steps", "batch_size", "checkpoint_every", "log_every", "max_nonfinite"):
+    for name in (
+        "steps",
+        "batch_size",
+        "checkpoint_every",
+        "log_every",
+        "max_nonfinite",
+        "accum_steps",
+        "loss_tile",
+    ):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.accum_steps > args.batch_size:
+        raise UserError(
+            f"--accum-steps {args.accum_steps} is more than --batch-size {args.batch_size}: "
+            f"a micro-batch needs at least one sample"
+        )
+    if not 0 <= args.finetune_at < args.steps:
+        raise UserError(f"--finetune-at {args.finetune_at} must be below --steps {args.steps}")
     if args.workers < 0 or args.warmup < 0 or args.lr <= 0:
         raise UserError("--workers and --warmup must be >= 0 and --lr > 0")
     if args.eval_every and not (args.zeroshot or args.retrieval):
@@ -133,8 +222,17 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
         max_skipped_fraction=args.max_skipped_fraction,
     )
     schedule = ScheduleConfig(
-        lr=args.lr, warmup_steps=args.warmup, total_steps=args.steps, min_lr=args.min_lr
+        lr=args.lr,
+        warmup_steps=args.warmup,
+        total_steps=args.steps,
+        min_lr=args.min_lr,
+        finetune_at=args.finetune_at,
+        image_size=(args.image_size or 0) if finetune else 0,
+        context_length=(args.context_length or 0) if finetune else 0,
     )
+    check_input_sizes(schedule, model)
+    loss = LossConfig(kind=args.loss, impl=args.loss_impl, tile=args.loss_tile)
+    check_loss(loss, model)
     train = TrainConfig(
         output=args.output,
         steps=args.steps,
@@ -151,6 +249,11 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
         max_nonfinite=args.max_nonfinite,
         stall_timeout=args.stall_timeout,
         tokenizer=args.tokenizer,
+        strategy=args.strategy,
+        accum_steps=args.accum_steps,
+        grad_checkpointing=args.grad_checkpointing,
+        compile=args.compile,
+        compile_backend=args.compile_backend,
         debug_seen_keys=args.debug_seen_keys,
         debug_step_delay=args.debug_step_delay,
         debug_nan_steps=tuple(args.debug_nan_steps),
@@ -162,7 +265,9 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
         retrieval=args.retrieval,
         every=args.eval_every,
     )
-    return RunConfig(model=model, data=data, schedule=schedule, train=train, eval=evaluation)
+    return RunConfig(
+        model=model, data=data, schedule=schedule, train=train, eval=evaluation, loss=loss
+    )
 
 
 def user_error_message(e: BaseException) -> str | None:

@@ -35,6 +35,7 @@ class VisionConfig:
     mlp_ratio: float = 4.0  # hidden width of the MLP relative to `width`
     pool: str = "cls"  # ViT pooling: "cls" token or "mean" over patches
     stages: int = 4  # ResNet stages, each halving the resolution and doubling channels
+    patch_dropout: float = 0.0  # share of patches dropped at random while training (FLIP); ViT only
 
 
 @dataclass
@@ -59,6 +60,7 @@ class ModelConfig:
     text: TextConfig = field(default_factory=TextConfig)
     init_logit_scale: float = math.log(1 / 0.07)  # CLIP's initial temperature 0.07
     max_logit_scale: float = 100.0  # exp(logit_scale) is clamped here after each step
+    init_logit_bias: float | None = None  # SigLIP's learnable logit bias (-10); None: no bias
 
 
 @dataclass
@@ -84,6 +86,17 @@ class ScheduleConfig:
     warmup_steps: int = 100  # linear warmup from lr / warmup_steps
     total_steps: int = 1000  # cosine decay ends here
     min_lr: float = 0.0  # learning rate at the end of the cosine
+    # CLIPA / FLIP: train on shorter sequences, then at the model's full size for a final phase
+    finetune_at: int = 0  # from this step on: the model's image size and context length; 0: never
+    image_size: int = 0  # training resolution before finetune_at; 0: the model's
+    context_length: int = 0  # caption tokens before finetune_at (truncated); 0: the model's
+
+
+@dataclass
+class LossConfig:
+    kind: str = "infonce"  # "infonce" (softmax over the batch, CLIP) or "sigmoid" (SigLIP)
+    impl: str = "dense"  # "dense" (all logits at once) or "tiled" (blocks, recomputed in backward)
+    tile: int = 1024  # rows and columns per block of the tiled loss
 
 
 @dataclass
@@ -115,6 +128,11 @@ class TrainConfig:
     max_nonfinite: int = 5  # stop after this many non-finite steps in a row
     stall_timeout: float = 600.0  # seconds without a batch before a rank reports a stall
     tokenizer: str | None = None  # tokenizer.json; default: byte-level (no merges)
+    strategy: str = "ddp"  # "ddp" (replicated weights) or "fsdp" (FSDP2: sharded per block)
+    accum_steps: int = 1  # micro-batches per step, contrastive loss over the whole batch (BASIC)
+    grad_checkpointing: bool = False  # recompute each block's activations in backward
+    compile: bool = False  # torch.compile each block (off by default: minutes to compile on CPU)
+    compile_backend: str = "inductor"  # torch.compile backend; inductor needs a C++ compiler on CPU
     debug_seen_keys: bool = False  # write every trained sample key to RUN/seen-keys.rank*.txt
     debug_step_delay: float = 0.0  # sleep after each step (tests use it to interrupt a run)
     debug_nan_steps: tuple[int, ...] = ()  # make the loss NaN at these steps (tests)
@@ -127,6 +145,7 @@ class RunConfig:
     schedule: ScheduleConfig
     train: TrainConfig
     eval: EvalConfig
+    loss: LossConfig = field(default_factory=LossConfig)
 
 
 # Named model presets. Functions so every call returns fresh objects.
@@ -197,6 +216,8 @@ def apply_overrides(cfg: object, overrides: list[str] | tuple[str, ...]) -> None
 
 def _parse_like(current: object, raw: str, item: str) -> object:
     try:
+        if current is None:  # the optional fields are floats ("init_logit_bias")
+            return None if raw.lower() == "none" else float(raw)
         if isinstance(current, bool):
             if raw.lower() not in ("true", "false", "1", "0"):
                 raise ValueError(raw)
@@ -214,23 +235,54 @@ def validate_model_config(cfg: ModelConfig) -> None:
     v, t = cfg.vision, cfg.text
     if v.kind not in ("vit", "resnet"):
         raise UserError(f"vision.kind must be 'vit' or 'resnet', not {v.kind!r}")
+    check_image_size(cfg, v.image_size)
     if v.kind == "vit":
-        if v.image_size % v.patch_size:
-            raise UserError(
-                f"image size {v.image_size} is not a multiple of patch size {v.patch_size}"
-            )
         if v.width % v.heads:
             raise UserError(f"vision width {v.width} is not divisible by {v.heads} heads")
         if v.pool not in ("cls", "mean"):
             raise UserError(f"vision.pool must be 'cls' or 'mean', not {v.pool!r}")
-    elif v.image_size % (2 ** (v.stages + 1)):
-        raise UserError(f"image size {v.image_size} is not a multiple of {2 ** (v.stages + 1)}")
+        if not 0 <= v.patch_dropout < 1:
+            raise UserError(f"patch dropout must be in [0, 1), not {v.patch_dropout}")
+    elif v.patch_dropout:
+        raise UserError("patch dropout needs a ViT image tower (vision.kind=vit)")
     if t.width % t.heads:
         raise UserError(f"text width {t.width} is not divisible by {t.heads} heads")
     if t.pool not in ("eot", "mean"):
         raise UserError(f"text.pool must be 'eot' or 'mean', not {t.pool!r}")
     if t.context_length < 3:
         raise UserError(f"context length {t.context_length} leaves no room for text")
+
+
+def check_image_size(cfg: ModelConfig, size: int) -> None:
+    """Can the image tower take `size`-pixel inputs? (Position embeddings are interpolated.)"""
+    v = cfg.vision
+    step = v.patch_size if v.kind == "vit" else 2 ** (v.stages + 1)
+    if size < step or size % step:
+        what = f"patch size {step}" if v.kind == "vit" else str(step)
+        raise UserError(f"image size {size} is not a multiple of {what}")
+
+
+def check_input_sizes(schedule: ScheduleConfig, model: ModelConfig) -> None:
+    """The sizes before the finetune phase must suit the model (checked again on resume)."""
+    if schedule.image_size:
+        check_image_size(model, schedule.image_size)
+    context = schedule.context_length
+    if context and not 3 <= context <= model.text.context_length:
+        raise UserError(
+            f"context length {context} must be from 3 to the model's {model.text.context_length}"
+        )
+
+
+def check_loss(loss: LossConfig, model: ModelConfig) -> None:
+    """The sigmoid loss needs the model's logit bias, InfoNCE must not have one."""
+    if loss.kind not in ("infonce", "sigmoid") or loss.impl not in ("dense", "tiled"):
+        raise UserError(f"unknown loss {loss.kind!r} / implementation {loss.impl!r}")
+    if loss.kind == "sigmoid" and model.init_logit_bias is None:
+        raise UserError(
+            "--loss sigmoid needs a model with a logit bias (a checkpoint's for InfoNCE?)"
+        )
+    if loss.kind == "infonce" and model.init_logit_bias is not None:
+        raise UserError("the model has a SigLIP logit bias: train it with --loss sigmoid")
 
 
 def model_config_from_dict(d: dict) -> ModelConfig:

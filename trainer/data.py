@@ -304,6 +304,9 @@ def build_loader(
         num_workers=cfg.workers,
         prefetch_factor=cfg.prefetch if cfg.workers else None,
         pin_memory=torch.cuda.is_available(),
+        # its own generator: each iterator draws a worker seed, which from the global one
+        # would shift the model's random state (patch dropout) between a run and its resume
+        generator=torch.Generator().manual_seed(cfg.seed),
     )
 
 

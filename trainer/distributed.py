@@ -6,17 +6,26 @@ The backend follows the device: NCCL on CUDA, Gloo on CPU.
 
     world = init_distributed("auto")
     features = gather_with_grad(local_features)  # (world * B, D), gradients flow back to owners
+    previous = ring_pass(text_features)          # (B, D) of rank - 1; gradients go back round
+    wrapped = wrap_model(model, model.layer_units(), "fsdp", world, bf16=False)  # or "ddp"
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
+from torch import nn
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor
+from torch.nn.parallel import DistributedDataParallel
 
 
 @dataclass(frozen=True)
@@ -67,6 +76,36 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(dist_fn.all_gather(x), dim=0)
 
 
+class _RingPass(torch.autograd.Function):
+    """Send to rank + 1 and receive from rank - 1; backward sends the gradient the other way."""
+
+    @staticmethod
+    def forward(ctx, x):
+        rank, world = dist.get_rank(), dist.get_world_size()
+        return _exchange(x, to=(rank + 1) % world, source=(rank - 1) % world)
+
+    @staticmethod
+    def backward(ctx, grad):
+        rank, world = dist.get_rank(), dist.get_world_size()
+        return _exchange(grad.contiguous(), to=(rank - 1) % world, source=(rank + 1) % world)
+
+
+def _exchange(x: torch.Tensor, to: int, source: int) -> torch.Tensor:
+    received = torch.empty_like(x)
+    ops = [dist.P2POp(dist.isend, x, to), dist.P2POp(dist.irecv, received, source)]
+    for request in dist.batch_isend_irecv(ops):
+        request.wait()
+    return received
+
+
+def ring_pass(x: torch.Tensor) -> torch.Tensor:
+    """(B, ...) of rank r -> (B, ...) of rank r - 1 (point to point, round the ring); called
+    `world - 1` times, every rank sees every other rank's tensor once (SigLIP's chunked loss)."""
+    if not is_distributed():
+        return x
+    return _RingPass.apply(x.contiguous())
+
+
 def all_gather_objects(obj: object) -> list:
     """Picklable `obj` from every rank, in rank order (on every rank)."""
     if not is_distributed():
@@ -101,3 +140,52 @@ def barrier() -> None:
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def wrap_model(
+    model: nn.Module, units: list[nn.Module], strategy: str, world: World, bf16: bool
+) -> nn.Module:
+    """The module the training loop calls: `model` itself on one rank; a DDP wrapper; or, with
+    "fsdp", `model` sharded in place by FSDP2, each unit (transformer block, residual stage)
+    on its own, then the rest. FSDP2 casts parameters to bf16 for compute and reduces in fp32."""
+    if world.world_size == 1:
+        return model
+    if strategy == "ddp":
+        return DistributedDataParallel(model)
+    policy = MixedPrecisionPolicy()
+    if bf16:
+        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    for unit in units:
+        fully_shard(unit, mp_policy=policy)
+    return fully_shard(model, mp_policy=policy)
+
+
+def is_sharded(model: nn.Module) -> bool:
+    return isinstance(model, FSDPModule)
+
+
+@contextlib.contextmanager
+def gradient_sync(model: nn.Module, enabled: bool) -> Iterator[None]:
+    """Backward passes inside accumulate gradients locally when not `enabled`: DDP's no_sync,
+    FSDP2's set_requires_gradient_sync(False); the next synced backward reduces the sum."""
+    if enabled:
+        yield
+    elif isinstance(model, DistributedDataParallel):
+        with model.no_sync():
+            yield
+    elif isinstance(model, FSDPModule):
+        model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+    else:
+        yield
+
+
+def clip_gradients(parameters, max_norm: float) -> float:
+    """Clip the global gradient norm (over all shards under FSDP2); the norm before clipping."""
+    norm = torch.nn.utils.clip_grad_norm_(list(parameters), max_norm if max_norm > 0 else math.inf)
+    if isinstance(norm, DTensor):
+        norm = norm.full_tensor()
+    return norm.item()

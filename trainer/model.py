@@ -4,7 +4,13 @@ a linear projection to a shared, L2-normalized embedding space, and a learnable 
 Read top to bottom; shapes in comments use B batch, T tokens, N patches, C width, D embed_dim.
 
     model = create_model("tiny", **{"text.vocab_size": 259})
-    image_features, text_features, logit_scale = model(images, texts)  # (B, D), (B, D), ()
+    image_features, text_features, logit_scale = model(images, texts)  # (B, D), (B, D), (1,)
+    # with a SigLIP bias (init_logit_bias set), a fourth output: logit_bias (1,)
+
+Training-only options: patch dropout (FLIP) keeps a random subset of patches per image;
+`set_grad_checkpointing()` recomputes each transformer block / residual stage in backward.
+Position embeddings are interpolated (bicubic) for inputs of another resolution (CLIPA).
+The scalars are 1-element tensors, not 0-dim ones, because FSDP2 cannot shard a 0-dim parameter.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from trainer.configs import ModelConfig, TextConfig, VisionConfig, get_model_config
 
@@ -62,10 +69,43 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, checkpointing: bool, **kwargs):
+    for block in blocks:
+        if checkpointing and torch.is_grad_enabled():
+            x = checkpoint(block, x, use_reentrant=False, **kwargs)
+        else:
+            x = block(x, **kwargs)
+    return x
+
+
+def interpolate_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(1, 1 + g*g, C) class + patch position embeddings -> (1, 1 + gh*gw, C), bicubic;
+    the same tensor when the grid is unchanged."""
+    n, width = pos_embed.shape[1] - 1, pos_embed.shape[2]
+    g = math.isqrt(n)
+    if (g, g) == tuple(grid):
+        return pos_embed
+    patches = pos_embed[:, 1:].reshape(1, g, g, width).permute(0, 3, 1, 2)  # (1, C, g, g)
+    patches = F.interpolate(patches, size=grid, mode="bicubic", align_corners=False)
+    patches = patches.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], width)  # (1, N', C)
+    return torch.cat([pos_embed[:, :1], patches], dim=1)
+
+
+def drop_patches(x: torch.Tensor, keep: int) -> torch.Tensor:
+    """(B, N, C) -> (B, keep, C): a random subset of the patches of each sample (FLIP).
+    One uniform draw per patch from the global generator: on CPU a batch draws exactly the
+    numbers its micro-batches would, one after the other (tests/trainer/test_accum.py)."""
+    noise = torch.rand(x.shape[0], x.shape[1], device=x.device)  # (B, N)
+    index = noise.argsort(dim=1)[:, :keep]  # (B, keep)
+    return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[2]))
+
+
 class VisionTransformer(nn.Module):
     def __init__(self, cfg: VisionConfig, embed_dim: int):
         super().__init__()
         self.cfg = cfg
+        self.patch_dropout = cfg.patch_dropout  # the training loop may change it (finetune phase)
+        self.grad_checkpointing = False
         num_patches = (cfg.image_size // cfg.patch_size) ** 2
         self.patch_embed = nn.Conv2d(
             3, cfg.width, cfg.patch_size, stride=cfg.patch_size, bias=False
@@ -81,12 +121,14 @@ class VisionTransformer(nn.Module):
 
     def forward(self, images):  # (B, 3, H, W)
         x = self.patch_embed(images)  # (B, C, H/p, W/p)
-        x = x.flatten(2).transpose(1, 2)  # (B, N, C)
-        cls = self.cls_token.expand(x.shape[0], -1, -1)  # (B, 1, C)
-        x = torch.cat([cls, x], dim=1) + self.pos_embed  # (B, 1 + N, C)
-        x = self.ln_pre(x)
-        for block in self.blocks:
-            x = block(x)  # (B, 1 + N, C)
+        pos = interpolate_pos_embed(self.pos_embed, x.shape[2:])  # (1, 1 + N, C)
+        x = x.flatten(2).transpose(1, 2) + pos[:, 1:]  # (B, N, C)
+        if self.training and self.patch_dropout > 0:
+            keep = max(1, round(x.shape[1] * (1 - self.patch_dropout)))
+            x = drop_patches(x, keep)  # (B, N', C)
+        cls = (self.cls_token + pos[:, :1]).expand(x.shape[0], -1, -1)  # (B, 1, C)
+        x = self.ln_pre(torch.cat([cls, x], dim=1))  # (B, 1 + N', C)
+        x = run_blocks(self.blocks, x, self.grad_checkpointing)  # (B, 1 + N', C)
         x = x[:, 0] if self.cfg.pool == "cls" else x[:, 1:].mean(dim=1)  # (B, C)
         return self.proj(self.ln_post(x))  # (B, D)
 
@@ -116,6 +158,7 @@ class ResNet(nn.Module):
 
     def __init__(self, cfg: VisionConfig, embed_dim: int):
         super().__init__()
+        self.grad_checkpointing = False
         width = cfg.width
         self.stem = nn.Sequential(
             nn.Conv2d(3, width, 3, stride=2, padding=1, bias=False),
@@ -132,14 +175,16 @@ class ResNet(nn.Module):
         self.proj = nn.Linear(width * 2 ** (cfg.stages - 1), embed_dim, bias=False)
 
     def forward(self, images):  # (B, 3, H, W)
-        x = self.stages(self.stem(images))  # (B, C', H / 2^stages, W / 2^stages)
-        return self.proj(x.mean(dim=(2, 3)))  # (B, D)
+        # BatchNorm running statistics are updated again when a checkpointed stage is recomputed
+        x = run_blocks(self.stages, self.stem(images), self.grad_checkpointing)
+        return self.proj(x.mean(dim=(2, 3)))  # (B, D); x was (B, C', H / 2^stages, W / 2^stages)
 
 
 class TextTransformer(nn.Module):
     def __init__(self, cfg: TextConfig, embed_dim: int):
         super().__init__()
         self.cfg = cfg
+        self.grad_checkpointing = False
         self.token_embed = nn.Embedding(cfg.vocab_size, cfg.width)
         self.pos_embed = nn.Parameter(torch.randn(1, cfg.context_length, cfg.width) * 0.01)
         self.blocks = nn.ModuleList(
@@ -148,16 +193,17 @@ class TextTransformer(nn.Module):
         self.ln_final = nn.LayerNorm(cfg.width)
         self.proj = nn.Linear(cfg.width, embed_dim, bias=False)
 
-    def forward(self, text):  # (B, T) token ids
+    def forward(self, text):  # (B, T) token ids, T <= context_length (shorter: CLIPA truncation)
         cfg = self.cfg
         x = self.token_embed(text) + self.pos_embed[:, : text.shape[1]]  # (B, T, C)
         valid = text != cfg.pad_token_id  # (B, T)
         mask = None
         if not cfg.causal:  # bidirectional: do not attend to padding
             mask = valid[:, None, None, :]  # (B, 1, 1, T), broadcast over heads and queries
-        for block in self.blocks:
-            x = block(x, attn_mask=mask, is_causal=cfg.causal)  # (B, T, C)
-        x = self.ln_final(x)
+        x = run_blocks(
+            self.blocks, x, self.grad_checkpointing, attn_mask=mask, is_causal=cfg.causal
+        )
+        x = self.ln_final(x)  # (B, T, C)
         if cfg.pool == "eot":  # features at the first end-of-text token
             eot = (text == cfg.eot_token_id).int().argmax(dim=1)  # (B,)
             x = x[torch.arange(x.shape[0], device=x.device), eot]  # (B, C)
@@ -174,7 +220,10 @@ class CLIP(nn.Module):
         tower = VisionTransformer if cfg.vision.kind == "vit" else ResNet
         self.visual = tower(cfg.vision, cfg.embed_dim)
         self.text = TextTransformer(cfg.text, cfg.embed_dim)
-        self.logit_scale = nn.Parameter(torch.tensor(cfg.init_logit_scale))
+        self.logit_scale = nn.Parameter(torch.tensor([cfg.init_logit_scale]))  # (1,)
+        self.logit_bias = None
+        if cfg.init_logit_bias is not None:  # SigLIP
+            self.logit_bias = nn.Parameter(torch.tensor([cfg.init_logit_bias]))  # (1,)
         self.apply(_init_weights)
 
     def encode_image(self, images, normalize: bool = True):  # (B, 3, H, W) -> (B, D)
@@ -186,7 +235,29 @@ class CLIP(nn.Module):
         return F.normalize(x, dim=-1) if normalize else x
 
     def forward(self, images, text):
-        return self.encode_image(images), self.encode_text(text), self.logit_scale.exp()
+        outputs = self.encode_image(images), self.encode_text(text), self.logit_scale.exp()
+        return outputs if self.logit_bias is None else (*outputs, self.logit_bias)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.visual.grad_checkpointing = self.text.grad_checkpointing = enable
+
+    def set_patch_dropout(self, p: float) -> None:
+        if isinstance(self.visual, VisionTransformer):
+            self.visual.patch_dropout = p
+
+    def layer_units(self) -> list[nn.Module]:
+        """The units that are sharded (FSDP2), compiled and checkpointed one by one: every
+        transformer block, or every residual stage of a ResNet."""
+        visual = (
+            self.visual.blocks if isinstance(self.visual, VisionTransformer) else self.visual.stages
+        )
+        return [*visual, *self.text.blocks]
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + "logit_scale"  # checkpoints written before it became a (1,) tensor
+        if key in state_dict and state_dict[key].ndim == 0:
+            state_dict[key] = state_dict[key].reshape(1)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @torch.no_grad()
     def clamp_logit_scale_(self) -> None:

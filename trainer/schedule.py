@@ -1,13 +1,15 @@
-"""Learning-rate schedule: linear warmup, then cosine decay to `min_lr`. A pure function.
+"""Schedules, as pure functions of the step: the learning rate (linear warmup, then cosine decay
+to `min_lr`) and the input sizes (CLIPA / FLIP: shorter sequences, then full length).
 
 lr = lr_at(step, cfg.schedule)
+image_size, context_length = input_sizes_at(step, cfg.schedule, cfg.model)
 """
 
 from __future__ import annotations
 
 import math
 
-from trainer.configs import ScheduleConfig
+from trainer.configs import ModelConfig, ScheduleConfig
 
 
 def lr_at(step: int, cfg: ScheduleConfig) -> float:
@@ -17,3 +19,18 @@ def lr_at(step: int, cfg: ScheduleConfig) -> float:
     decay_steps = max(1, cfg.total_steps - cfg.warmup_steps)
     progress = min(1.0, (step - cfg.warmup_steps) / decay_steps)
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def in_finetune_phase(step: int, cfg: ScheduleConfig) -> bool:
+    """Is step `step` (0-based) in the final phase at full length (no patch dropout)?"""
+    return 0 < cfg.finetune_at <= step
+
+
+def input_sizes_at(step: int, cfg: ScheduleConfig, model: ModelConfig) -> tuple[int, int]:
+    """(image size, caption tokens) the batches of step `step` have."""
+    if in_finetune_phase(step, cfg):
+        return model.vision.image_size, model.text.context_length
+    return (
+        cfg.image_size or model.vision.image_size,
+        cfg.context_length or model.text.context_length,
+    )

@@ -4,11 +4,19 @@
     torchrun --nproc-per-node 4 -m trainer train --data out/manifest.json --output runs/b16 --model base
     python -m trainer train ... --resume latest      # continue exactly where RUN/checkpoints stops
 
-One process per rank (torchrun), DDP over Gloo (CPU) or NCCL (GPU), the local-loss InfoNCE
-(trainer/loss.py), AdamW without decay on gains/biases/embeddings/logit scale, linear warmup then
-cosine, gradient clipping, bf16 autocast on GPU. Non-finite steps are skipped and counted; too
-many in a row stop the run with the last good checkpoint intact. SIGTERM saves a checkpoint
-and exits (preemption).
+BASIC-style, the contrastive batch is independent of device memory; the flags combine freely:
+
+    torchrun --nproc-per-node 8 -m trainer train --data out/manifest.json --output runs/basic \
+        --model base --batch-size 8192 --accum-steps 32 --loss-impl tiled --grad-checkpointing \
+        --strategy fsdp --precision bf16 --image-size 112 --context-length 16 --patch-dropout 0.5 \
+        --finetune-at 95000 --finetune-image-size 224 --finetune-context-length 77 --steps 100000
+
+One process per rank (torchrun), DDP or FSDP2 over Gloo (CPU) or NCCL (GPU), the local-loss
+InfoNCE or SigLIP's sigmoid loss (trainer/loss.py), contrastive gradient accumulation
+(trainer/accum.py), AdamW without decay on gains/biases/embeddings/logit scale, linear warmup
+then cosine, gradient clipping, bf16 autocast on GPU. Non-finite steps are skipped and counted;
+too many in a row stop the run with the last good checkpoint intact. SIGTERM saves a
+checkpoint and exits (preemption).
 """
 
 from __future__ import annotations
@@ -23,37 +31,30 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
-from trainer.checkpoint import (
-    capture_rng,
-    load_checkpoint,
-    resolve_checkpoint,
-    restore_rng,
-    save_checkpoint,
-)
+from trainer.accum import forward_backward
 from trainer.cli import build_train_parser, run_config_from_args, user_error_message
-from trainer.configs import ModelConfig, RunConfig, TrainConfig, UserError, model_config_from_dict
-from trainer.data import PositionTracker, build_loader, check_data, new_position
+from trainer.configs import RunConfig, TrainConfig
+from trainer.data import PositionTracker, build_loader
 from trainer.distributed import (
     World,
-    all_gather_objects,
     all_reduce_mean,
     any_rank,
     barrier,
     cleanup,
+    clip_gradients,
     init_distributed,
 )
-from trainer.loss import batch_accuracy, clip_loss
-from trainer.model import CLIP
-from trainer.monitor import MetricsLog, SeenKeys, StallWatchdog, truncate_seen_keys
-from trainer.position import DataPosition, Topology
-from trainer.schedule import lr_at
-from trainer.sources import resolve_sources, total_samples
-from trainer.tokenizer import CaptionTokenizer, byte_tokenizer
+from trainer.loss import batch_accuracy, contrastive_loss
+from trainer.monitor import MetricsLog, SeenKeys, StallWatchdog
+from trainer.position import DataPosition
+from trainer.schedule import in_finetune_phase, input_sizes_at, lr_at
+from trainer.session import Session, full_model, save, setup, tokenizer_for, uses_bf16
+from trainer.sources import total_samples
 from trainer.transforms import normalize
 
 log = logging.getLogger(__name__)
@@ -76,19 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def make_optimizer(model: CLIP, cfg: TrainConfig) -> torch.optim.AdamW:
-    no_decay = model.no_weight_decay()
-    decay = [p for n, p in model.named_parameters() if n not in no_decay]
-    rest = [p for n, p in model.named_parameters() if n in no_decay]
-    groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": rest, "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=0.0, betas=cfg.betas, eps=cfg.eps)
-
-
 def autocast_for(precision: str, device: torch.device):
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+    if uses_bf16(precision, device):
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
@@ -105,23 +95,6 @@ def cpu_threads(requested: int, workers: int, device: torch.device) -> int | Non
     return max(1, (os.cpu_count() or 1) // ranks_here - workers)
 
 
-def seed_rank(seed: int, rank: int, step: int) -> None:
-    """Distinct, reproducible random state per rank (data randomness has its own seeds)."""
-    torch.manual_seed(seed * 1_000_003 + rank * 7919 + step)
-
-
-def resolve_model_config(cfg: RunConfig, tokenizer: CaptionTokenizer) -> ModelConfig:
-    """The model config with what the tokenizer decides (vocab, special ids) filled in, and
-    the data config's image size / context length taken from it."""
-    model_cfg = cfg.model
-    model_cfg.text.vocab_size = tokenizer.vocab_size
-    model_cfg.text.eot_token_id = tokenizer.eot_id
-    model_cfg.text.pad_token_id = tokenizer.pad_id
-    cfg.data.image_size = model_cfg.vision.image_size
-    cfg.data.context_length = model_cfg.text.context_length
-    return model_cfg
-
-
 def train(cfg: RunConfig) -> int:
     world = init_distributed(cfg.train.device)
     threads = cpu_threads(cfg.train.threads, cfg.data.workers, world.device)
@@ -131,62 +104,6 @@ def train(cfg: RunConfig) -> int:
         return run(cfg, world)
     finally:
         cleanup()
-
-
-@dataclass
-class Session:
-    """What the loop works on, built by `setup` from scratch or from a checkpoint."""
-
-    model: CLIP
-    ddp: torch.nn.Module  # `model`, wrapped in DDP when there are several ranks
-    optimizer: torch.optim.Optimizer
-    tokenizer: CaptionTokenizer
-    shards: list
-    position: DataPosition
-    step: int = 0
-    nonfinite_total: int = 0
-    resumed: bool = False
-
-
-def setup(cfg: RunConfig, world: World) -> Session:
-    t, run_dir = cfg.train, Path(cfg.train.output)
-    saved = load_checkpoint(resolve_checkpoint(t.resume, run_dir)) if t.resume else None
-    if saved is not None:
-        cfg.model = model_config_from_dict(saved["model_config"])  # the checkpoint decides
-        tokenizer = CaptionTokenizer.from_json(saved["tokenizer"], cfg.model.text.context_length)
-    elif t.tokenizer:
-        tokenizer = CaptionTokenizer.from_file(t.tokenizer, cfg.model.text.context_length)
-    else:
-        tokenizer = CaptionTokenizer(byte_tokenizer(), cfg.model.text.context_length)
-    model_cfg = resolve_model_config(cfg, tokenizer)
-
-    shards = resolve_sources(cfg.data.data)
-    topology = Topology(world.world_size, max(1, cfg.data.workers))
-    check_data(shards, cfg.data, topology, tokenizer)
-
-    torch.manual_seed(t.seed)  # identical initial weights on every rank
-    model = CLIP(model_cfg).to(world.device)
-    optimizer = make_optimizer(model, t)
-    position = new_position(shards, cfg.data, topology)
-    session = Session(model, model, optimizer, tokenizer, shards, position)
-    if saved is None:
-        seed_rank(t.seed, world.rank, 0)
-    else:
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        session.step, session.nonfinite_total = saved["step"], saved["nonfinite_steps"]
-        session.position = resume_position(saved["data"], position, topology)
-        session.resumed = True
-        if len(saved["rng"]) == world.world_size:
-            restore_rng(saved["rng"][world.rank])
-        else:
-            seed_rank(t.seed, world.rank, session.step)
-        if world.is_main:
-            truncate_seen_keys(run_dir, session.step)
-    if world.world_size > 1:
-        session.ddp = DistributedDataParallel(model)
-    barrier()
-    return session
 
 
 @dataclass
@@ -200,53 +117,44 @@ class StepResult:
 
 
 def train_step(s: Session, batch: dict, lr: float, t: TrainConfig, world: World, autocast):
-    images = normalize(batch["image"].to(world.device, non_blocking=True))  # (b, 3, S, S)
+    images = batch["image"].to(world.device, non_blocking=True)  # (b, 3, S, S) uint8
     texts = batch["text"].to(world.device, non_blocking=True)  # (b, T)
     for group in s.optimizer.param_groups:
         group["lr"] = lr
-    with autocast:
-        image_features, text_features, logit_scale = s.ddp(images, texts)
-        loss = clip_loss(image_features, text_features, logit_scale, world.rank)
+    loss_fn = partial(contrastive_loss, s.loss, rank=world.rank)
     if s.step + 1 in t.debug_nan_steps:
-        loss = loss * float("nan")
+        loss_fn = partial(_nan_loss, loss_fn)
     s.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    max_norm = t.grad_clip if t.grad_clip > 0 else math.inf
-    grad_norm = torch.nn.utils.clip_grad_norm_(s.model.parameters(), max_norm).item()
-    # the same decision on every rank: the loss is all-reduced here, the gradients by DDP
-    mean_loss = all_reduce_mean(loss.detach().float()).item()
+    out = forward_backward(s.wrapped, images, texts, loss_fn, t.accum_steps, autocast, normalize)
+    grad_norm = clip_gradients(s.model.parameters(), t.grad_clip)
+    # the same decision on every rank: the loss is all-reduced here, the gradients by DDP/FSDP
+    mean_loss = all_reduce_mean(out.loss.float()).item()
     finite = math.isfinite(mean_loss) and math.isfinite(grad_norm)
     if finite:
         s.optimizer.step()
         s.model.clamp_logit_scale_()
-    return StepResult(mean_loss, grad_norm, finite, logit_scale, image_features, text_features)
+    return StepResult(
+        mean_loss, grad_norm, finite, out.logit_scale, out.image_features, out.text_features
+    )
 
 
-def save(s: Session, tracker: PositionTracker, world: World, t: TrainConfig) -> Path | None:
-    """Checkpoint from rank 0 with every rank's data position and random state."""
-    data = tracker.merged(all_gather_objects(tracker.local_state()))
-    rngs = all_gather_objects(capture_rng())
-    path = None
-    if world.is_main:
-        state = {
-            "model": s.model.state_dict(),
-            "optimizer": s.optimizer.state_dict(),
-            "model_config": dataclasses.asdict(s.model.cfg),
-            "tokenizer": s.tokenizer.to_json(),
-            "data": data.state_dict(),
-            "rng": rngs,
-            "nonfinite_steps": s.nonfinite_total,
-        }
-        path = save_checkpoint(t.output, s.step, state, keep=t.keep_checkpoints)
-        log.info("saved %s", path)
-    barrier()
-    return path
+def _nan_loss(loss_fn, *outputs):
+    return loss_fn(*outputs) * float("nan")
+
+
+def open_batches(s: Session, cfg: RunConfig, position: DataPosition, world: World):
+    """This rank's batches from `position` on, at the input sizes of step `s.step`."""
+    image_size, context_length = input_sizes_at(s.step, cfg.schedule, s.model.cfg)
+    data = dataclasses.replace(cfg.data, image_size=image_size, context_length=context_length)
+    tokenizer = tokenizer_for(s.tokenizer, context_length)
+    if in_finetune_phase(s.step, cfg.schedule):
+        s.model.set_patch_dropout(0.0)  # the final phase sees whole images (FLIP)
+    return iter(build_loader(s.shards, data, tokenizer, position, world.rank))
 
 
 def run(cfg: RunConfig, world: World) -> int:
     t, run_dir = cfg.train, Path(cfg.train.output)
     s = setup(cfg, world)
-    loader = build_loader(s.shards, cfg.data, s.tokenizer, s.position, world.rank)
     tracker = PositionTracker(s.position, world.rank)
     metrics = MetricsLog(run_dir, enabled=world.is_main)
     global_batch = cfg.data.batch_size * world.world_size
@@ -269,10 +177,20 @@ def run(cfg: RunConfig, world: World) -> int:
     seen_keys = SeenKeys(run_dir, world.rank) if t.debug_seen_keys else None
     autocast = autocast_for(t.precision, world.device)
     nonfinite_run, window_start, window_steps = 0, time.monotonic(), 0
-    batches = iter(loader)
+    finetuning = in_finetune_phase(s.step, cfg.schedule)
+    batches = open_batches(s, cfg, s.position, world)
     stop, watchdog = StopSignal(), StallWatchdog(t.stall_timeout, world.rank)
     with metrics, stop, watchdog:
         while s.step < t.steps:
+            if in_finetune_phase(s.step, cfg.schedule) and not finetuning:  # --finetune-at
+                finetuning = True
+                sizes = input_sizes_at(s.step, cfg.schedule, s.model.cfg)
+                if world.is_main:
+                    log.info(
+                        "step %d: finetuning on %d px images, %d-token captions", s.step, *sizes
+                    )
+                # a new loader at the full sizes, from the last batch trained on
+                batches = open_batches(s, cfg, tracker.merged([tracker.local_state()]), world)
             batch = next(batches)
             tracker.update(batch["state"])
             lr = lr_at(s.step, cfg.schedule)
@@ -314,7 +232,7 @@ def run(cfg: RunConfig, world: World) -> int:
                     )
                 window_start, window_steps = time.monotonic(), 0
             if cfg.eval.every and s.step % cfg.eval.every == 0:
-                evaluate_during_training(s.model, s.tokenizer, cfg, s.step, world, metrics)
+                evaluate_during_training(s, cfg, world, metrics)
             preempted = any_rank(stop.requested, world.device)
             if s.step % t.checkpoint_every == 0 or s.step == t.steps or preempted:
                 save(s, tracker, world, t)
@@ -341,35 +259,17 @@ def progress_record(s: Session, r: StepResult, lr: float, samples_per_s: float) 
     }
 
 
-def resume_position(saved: dict, fresh: DataPosition, topology: Topology) -> DataPosition:
-    position = DataPosition.from_state_dict(saved)
-    if position.fingerprint != fresh.fingerprint:
-        if position.plan.num_shards != fresh.plan.num_shards:
-            raise UserError(
-                f"--data resolves to {fresh.plan.num_shards} shards, the checkpoint was trained on "
-                f"{position.plan.num_shards}: the data position cannot be carried over"
-            )
-        log.warning("shard URLs differ from the checkpoint's; assuming the same shards, moved")
-    if position.topology != topology:
-        log.info(
-            "redistributing the data position from %d x %d to %d x %d loader streams",
-            position.topology.world,
-            position.topology.workers,
-            topology.world,
-            topology.workers,
-        )
-    return position.for_topology(topology)
-
-
-def evaluate_during_training(model, tokenizer, cfg: RunConfig, step, world, metrics) -> None:
+def evaluate_during_training(s: Session, cfg: RunConfig, world: World, metrics) -> None:
+    model = full_model(s, world)  # FSDP2: every rank gathers the shards, rank 0 evaluates
     if world.is_main:
         from trainer.evaluate import evaluate
 
         model.eval()
-        results = evaluate(model, tokenizer, cfg.eval, cfg.model.vision.image_size, world.device)
+        size = cfg.model.vision.image_size
+        results = evaluate(model, s.tokenizer, cfg.eval, size, world.device)
         model.train()
-        metrics.write({"step": step, **{f"eval/{k}": v for k, v in results.items()}})
-        log.info("step %d eval: %s", step, ", ".join(f"{k} {v:.4f}" for k, v in results.items()))
+        metrics.write({"step": s.step, **{f"eval/{k}": v for k, v in results.items()}})
+        log.info("step %d eval: %s", s.step, ", ".join(f"{k} {v:.4f}" for k, v in results.items()))
     barrier()
 
 

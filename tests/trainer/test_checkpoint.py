@@ -11,8 +11,12 @@ from trainer.checkpoint import (
     load_checkpoint,
     resolve_checkpoint,
     restore_rng,
+    restore_training_state,
     save_checkpoint,
 )
+from trainer.configs import TrainConfig
+from trainer.model import create_model
+from trainer.session import make_optimizer
 
 
 def test_keeps_the_newest_and_resolves_latest(tmp_path):
@@ -60,3 +64,25 @@ def test_rng_states_round_trip_through_a_checkpoint(tmp_path):
     restore_rng(load_checkpoint(resolve_checkpoint("latest", tmp_path))["rng"])
     assert torch.equal(torch.rand(3), expected[0])
     assert np.array_equal(np.random.rand(3), expected[1]) and random.random() == expected[2]
+
+
+def test_a_checkpoint_with_a_0_dim_logit_scale_still_resumes(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("tiny", **{"text.vocab_size": 259})
+    optimizer = make_optimizer(model, TrainConfig())
+    images, texts = torch.randn(2, 3, 32, 32), torch.randint(3, 259, (2, 32))
+    model(images, texts)[2].sum().backward()
+    optimizer.step()
+    old = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
+    old["model"]["logit_scale"] = old["model"]["logit_scale"].reshape(())  # as written before
+    for state in old["optimizer"]["state"].values():  # FSDP2 support made it (1,)
+        if state["exp_avg"].numel() == 1:
+            state["exp_avg"], state["exp_avg_sq"] = (
+                state[k].reshape(()) for k in ("exp_avg", "exp_avg_sq")
+            )
+    fresh = create_model("tiny", **{"text.vocab_size": 259})
+    fresh_optimizer = make_optimizer(fresh, TrainConfig())
+    restore_training_state(fresh, fresh_optimizer, old)
+    assert fresh.logit_scale.shape == (1,)
+    fresh(images, texts)[2].sum().backward()
+    fresh_optimizer.step()  # the moments fit the parameter again

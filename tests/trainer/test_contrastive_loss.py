@@ -45,6 +45,7 @@ def loss_and_grads(model, images, texts, rank=0):
 
 
 def _rank_main(rank, world, store, out):
+    torch.set_num_threads(1)  # two ranks on two shared cores: more OpenMP threads only spin
     # a file store: no port to pick (and lose to another process) for the rendezvous
     dist.init_process_group(
         "gloo",

@@ -1,0 +1,232 @@
+"""What the training loop works on, built from scratch or from a checkpoint, and saved again:
+the model (plain, in DDP, or sharded by FSDP2), the optimizer, the tokenizer, the shards and
+the data position, the step.
+
+    session = setup(cfg, world)                 # --resume: from the latest checkpoint
+    save(session, tracker, world, cfg.train)    # every rank calls it
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from trainer.checkpoint import (
+    capture_rng,
+    full_model_state,
+    load_checkpoint,
+    resolve_checkpoint,
+    restore_rng,
+    restore_training_state,
+    save_checkpoint,
+    save_sharded_checkpoint,
+)
+from trainer.configs import (
+    LossConfig,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+    UserError,
+    check_input_sizes,
+    check_loss,
+    model_config_from_dict,
+)
+from trainer.data import PositionTracker, check_data, new_position
+from trainer.distributed import World, all_gather_objects, barrier, is_sharded, wrap_model
+from trainer.model import CLIP
+from trainer.monitor import truncate_seen_keys
+from trainer.position import DataPosition, Topology
+from trainer.schedule import input_sizes_at
+from trainer.sources import resolve_sources
+from trainer.tokenizer import CaptionTokenizer, byte_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Session:
+    model: CLIP  # FSDP2 shards it in place
+    wrapped: torch.nn.Module  # what the loop calls: `model`, or `model` in DDP
+    optimizer: torch.optim.Optimizer
+    tokenizer: CaptionTokenizer  # at the model's full context length
+    shards: list
+    position: DataPosition
+    step: int = 0
+    nonfinite_total: int = 0
+    resumed: bool = False
+    loss: LossConfig = field(default_factory=LossConfig)
+
+
+def uses_bf16(precision: str, device: torch.device) -> bool:
+    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
+
+
+def make_optimizer(model: CLIP, cfg: TrainConfig) -> torch.optim.AdamW:
+    no_decay = model.no_weight_decay()
+    decay = [p for n, p in model.named_parameters() if n not in no_decay]
+    rest = [p for n, p in model.named_parameters() if n in no_decay]
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": rest, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=0.0, betas=cfg.betas, eps=cfg.eps)
+
+
+def build_model(cfg: ModelConfig, t: TrainConfig, device: torch.device) -> CLIP:
+    check_compile(t, device)
+    model = CLIP(cfg).to(device)
+    model.set_grad_checkpointing(t.grad_checkpointing)
+    if t.compile:  # block by block, before sharding: what FSDP2 and checkpointing expect
+        for unit in model.layer_units():
+            unit.compile(backend=t.compile_backend)
+    return model
+
+
+def check_compile(t: TrainConfig, device: torch.device) -> None:
+    """Refuse at start what torch.compile would fail on at the first step, minutes later."""
+    if not t.compile:
+        return
+    if t.compile_backend not in torch.compiler.list_backends(exclude_tags=()):
+        known = ", ".join(torch.compiler.list_backends())
+        raise UserError(f"unknown --compile-backend {t.compile_backend!r}; known: {known}")
+    cxx = any(map(shutil.which, ("g++", "clang++", "c++")))
+    if t.compile_backend == "inductor" and device.type == "cpu" and not cxx:
+        raise UserError(
+            "--compile on CPU needs a C++ compiler (g++ or clang++) for inductor; "
+            "--compile-backend aot_eager needs none"
+        )
+
+
+def seed_rank(seed: int, rank: int, step: int) -> None:
+    """Distinct, reproducible random state per rank (data randomness has its own seeds)."""
+    torch.manual_seed(seed * 1_000_003 + rank * 7919 + step)
+
+
+def resolve_model_config(cfg: RunConfig, tokenizer: CaptionTokenizer, step: int) -> ModelConfig:
+    """The model config with what the tokenizer decides (vocab, special ids) filled in, and
+    the data config's image size / context length those of step `step`."""
+    model_cfg = cfg.model
+    model_cfg.text.vocab_size = tokenizer.vocab_size
+    model_cfg.text.eot_token_id = tokenizer.eot_id
+    model_cfg.text.pad_token_id = tokenizer.pad_id
+    check_input_sizes(cfg.schedule, model_cfg)
+    check_loss(cfg.loss, model_cfg)
+    cfg.data.image_size, cfg.data.context_length = input_sizes_at(step, cfg.schedule, model_cfg)
+    return model_cfg
+
+
+def tokenizer_for(tokenizer: CaptionTokenizer, context_length: int) -> CaptionTokenizer:
+    """The same tokenizer, truncating to `context_length` tokens (CLIPA's short captions)."""
+    if context_length == tokenizer.context_length:
+        return tokenizer
+    return CaptionTokenizer(tokenizer.tokenizer, context_length)
+
+
+def setup(cfg: RunConfig, world: World) -> Session:
+    t, run_dir = cfg.train, Path(cfg.train.output)
+    saved = None
+    if t.resume:
+        saved = load_checkpoint(resolve_checkpoint(t.resume, run_dir), tensors=False)
+    if saved is not None:
+        cfg.model = model_config_from_dict(saved["model_config"])  # the checkpoint decides
+        tokenizer = CaptionTokenizer.from_json(saved["tokenizer"], cfg.model.text.context_length)
+    elif t.tokenizer:
+        tokenizer = CaptionTokenizer.from_file(t.tokenizer, cfg.model.text.context_length)
+    else:
+        tokenizer = CaptionTokenizer(byte_tokenizer(), cfg.model.text.context_length)
+    model_cfg = resolve_model_config(cfg, tokenizer, saved["step"] if saved else 0)
+
+    shards = resolve_sources(cfg.data.data)
+    topology = Topology(world.world_size, max(1, cfg.data.workers))
+    check_data(shards, cfg.data, topology, tokenizer_for(tokenizer, cfg.data.context_length))
+    if t.accum_steps > 1 and model_cfg.vision.kind == "resnet" and world.is_main:
+        log.warning("BatchNorm normalizes each micro-batch on its own under --accum-steps")
+
+    torch.manual_seed(t.seed)  # identical initial weights on every rank
+    model = build_model(model_cfg, t, world.device)
+    bf16 = uses_bf16(t.precision, world.device)
+    wrapped = wrap_model(model, model.layer_units(), t.strategy, world, bf16)
+    if t.strategy == "fsdp" and world.world_size == 1:
+        log.info("one rank: --strategy fsdp has nothing to shard; the model stays whole")
+    optimizer = make_optimizer(model, t)  # after FSDP2 made the parameters shards
+    position = new_position(shards, cfg.data, topology)
+    session = Session(model, wrapped, optimizer, tokenizer, shards, position, loss=cfg.loss)
+    if saved is None:
+        seed_rank(t.seed, world.rank, 0)
+    else:
+        restore_training_state(wrapped, optimizer, saved)
+        session.step, session.nonfinite_total = saved["step"], saved["nonfinite_steps"]
+        session.position = resume_position(saved["data"], position, topology)
+        session.resumed = True
+        if len(saved["rng"]) == world.world_size:
+            restore_rng(saved["rng"][world.rank])
+        else:
+            seed_rank(t.seed, world.rank, session.step)
+        if world.is_main:
+            truncate_seen_keys(run_dir, session.step)
+    barrier()
+    return session
+
+
+def resume_position(saved: dict, fresh: DataPosition, topology: Topology) -> DataPosition:
+    position = DataPosition.from_state_dict(saved)
+    if position.fingerprint != fresh.fingerprint:
+        if position.plan.num_shards != fresh.plan.num_shards:
+            raise UserError(
+                f"--data resolves to {fresh.plan.num_shards} shards, the checkpoint was trained on "
+                f"{position.plan.num_shards}: the data position cannot be carried over"
+            )
+        log.warning("shard URLs differ from the checkpoint's; assuming the same shards, moved")
+    if position.topology != topology:
+        log.info(
+            "redistributing the data position from %d x %d to %d x %d loader streams",
+            position.topology.world,
+            position.topology.workers,
+            topology.world,
+            topology.workers,
+        )
+    return position.for_topology(topology)
+
+
+def save(s: Session, tracker: PositionTracker, world: World, t: TrainConfig) -> Path | None:
+    """Checkpoint with every rank's data position and random state: one file from rank 0, or
+    (FSDP2) every rank's shards."""
+    data = tracker.merged(all_gather_objects(tracker.local_state()))
+    state = {
+        "model_config": dataclasses.asdict(s.model.cfg),
+        "tokenizer": s.tokenizer.to_json(),
+        "data": data.state_dict(),
+        "rng": all_gather_objects(capture_rng()),
+        "nonfinite_steps": s.nonfinite_total,
+    }
+    path = None
+    if is_sharded(s.model):
+        keep = t.keep_checkpoints
+        path = save_sharded_checkpoint(
+            t.output, s.step, s.model, s.optimizer, state, world.is_main, keep
+        )
+    elif world.is_main:
+        tensors = {"model": s.model.state_dict(), "optimizer": s.optimizer.state_dict()}
+        path = save_checkpoint(t.output, s.step, {**tensors, **state}, keep=t.keep_checkpoints)
+    if world.is_main:
+        log.info("saved %s", path)
+    barrier()
+    return path
+
+
+def full_model(s: Session, world: World) -> CLIP | None:
+    """The whole model on rank 0 (None elsewhere): `s.model`, or, under FSDP2, a copy gathered
+    from the shards (every rank calls this)."""
+    if not is_sharded(s.model):
+        return s.model if world.is_main else None
+    state = full_model_state(s.model)
+    if not world.is_main:
+        return None
+    model = CLIP(s.model.cfg)
+    model.load_state_dict(state)
+    return model.to(world.device)
