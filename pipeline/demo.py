@@ -331,6 +331,8 @@ def main(argv: list[str] | None = None, prog: str = "webpairs demo") -> int:
         f"({verdict} the logistic regression on raw pixels: {baseline:.3f})\n"
         f"held-out digits matched on the web, their copies removed: {len(found['found'])} "
         f"({noise['leaked']} leaks were planted; look-alike digits within the threshold match too)\n"
+        f"pictures: {cfg.output / 'training_curve.png'}, {cfg.output / 'confusion.png'}; "
+        f"funnel: {cfg.output / 'dataset' / 'report.html'}\n"
         f"summary: {cfg.output / 'summary.html'}\n"
     )
     return 0

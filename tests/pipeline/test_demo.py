@@ -43,4 +43,7 @@ def test_demo_end_to_end_with_a_short_training(tmp_path, capsys):
     assert (
         "Zero-shot top-1" in page and "training_curve.png" in page and "dataset/report.html" in page
     )
-    assert "zero-shot top-1 on" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "zero-shot top-1 on" in printed
+    for picture in ("training_curve.png", "confusion.png", "report.html", "summary.html"):
+        assert str(tmp_path) in printed and picture in printed  # the paths, for a newcomer

@@ -13,26 +13,11 @@ from trainer.checkpoint import list_checkpoints, load_checkpoint
 from trainer.train import main
 
 from .test_resume import REPO, seen_keys
+from .test_train import args as tiny_args
 
 
 def args(shards, run_dir, *extra):
-    return [
-        "--data",
-        f"{shards[0].parent}/*.tar",
-        "--output",
-        str(run_dir),
-        "--model",
-        "tiny",
-        "--batch-size",
-        "8",
-        "--workers",
-        "0",
-        "--log-every",
-        "1",
-        "--threads",
-        "1",
-        *extra,
-    ]
+    return tiny_args(shards, run_dir, "--log-every", "1", "--threads", "1", *extra)
 
 
 def everything(finetune_at: int = 3) -> list[str]:
