@@ -139,11 +139,13 @@ def fetch(url: str, cfg: DownloadConfig, crawler: Crawler) -> Fetched:
                 result = fetch_once(url, cfg, crawler)
         except CircuitOpen as e:
             return Fetched(False, Reason.CIRCUIT_OPEN, str(e))
-        except HostBusy as e:
+        except HostBusy as e:  # our own politeness queue, not the host's fault: not recorded
             result = Fetched(False, Reason.TIMEOUT, str(e))
-        transient = is_retryable(result)
-        # a host that trickles past the deadline is failing too, though retrying it is futile
-        crawler.hosts.record(host, transient or result.reason == Reason.DEADLINE)
+            transient = True
+        else:
+            transient = is_retryable(result)
+            # a host that trickles past the deadline is failing too, though retrying is futile
+            crawler.hosts.record(host, transient or result.reason == Reason.DEADLINE)
         if result.retry_after is not None and result.http_status in (429, 503):
             crawler.hosts.penalize(host, min(result.retry_after, cfg.max_retry_wait))
         if result.ok or not transient or attempt == cfg.retries:

@@ -125,3 +125,26 @@ def test_x_robots_tag(headers, expected):
 
 def test_x_robots_tag_can_be_ignored():
     assert opted_out(["noai"], (), "webpairs") is None
+
+
+def test_waiting_for_our_own_per_host_turn_never_trips_the_hosts_breaker(site, web_images):
+    # one request at a time, 0.4 s apart, a 0.5 s deadline: most of 6 concurrent requests
+    # cannot get a turn. That is our politeness, not the host failing.
+    from concurrent.futures import ThreadPoolExecutor
+
+    cfg = DownloadConfig(
+        allow_private_networks=True,
+        per_host=1,
+        host_interval=0.4,
+        deadline=0.5,
+        retries=0,
+        breaker_failures=2,
+    )
+    crawler = Crawler(cfg)
+    image = sorted(web_images)[0]
+    with ThreadPoolExecutor(6) as pool:
+        got = list(pool.map(lambda i: fetch(site.url(f"{image}?i={i}"), cfg, crawler), range(6)))
+    assert sum(g.ok for g in got) >= 1
+    assert sum(g.reason == "timeout" and "no turn" in g.error for g in got) >= 2
+    time.sleep(0.5)
+    assert fetch(site.url(image), cfg, crawler).ok  # the breaker stayed closed
