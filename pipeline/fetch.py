@@ -332,7 +332,7 @@ def fetch_once(
         reason, detail = _classify(e)
         if time.monotonic() >= deadline_at and reason in (Reason.TIMEOUT, Reason.NETWORK):
             reason = Reason.DEADLINE  # the timer cut the connection, or the last read ran out
-            detail = f"deadline of {cfg.deadline}s passed before the headers ({detail})"
+            detail = f"deadline of {cfg.deadline}s passed ({detail})"
         return Fetched(False, reason, detail, final_url=current)
     finally:
         _DEADLINE.at = None
