@@ -45,6 +45,7 @@ KINDS = ("original", "exact", "near", "popular")
 # Streams of the counter-based generator: one independent random value per (stream, row).
 S_KIND, S_PHASH, S_PIX_A, S_PIX_B, S_SHA, S_SIDE, S_SHRINK, S_FLIPS, S_BIT, S_WORDS = range(10)
 S_KEY, S_POPULAR, S_PLACEHOLDER, S_SOURCE = 10, 11, 12, 100  # S_SOURCE + try
+S_DHASH, S_DFLIPS, S_DBIT, S_DPLACE = 13, 14, 15, 16  # the dHash: its own bits and noise
 # Caption words; a caption is 2-15 of them.
 VOCAB = ("photo", "of", "a", "red", "blue", "old", "new", "dog", "cat", "car", "house", "tree")
 VOCAB += ("city", "beach", "logo", "icon", "sale", "shoe", "dress", "phone", "book", "poster")
@@ -85,9 +86,11 @@ def _kind(spec: SynthSpec, idx: np.ndarray) -> np.ndarray:
     return kind
 
 
-def _flip_masks(spec: SynthSpec, idx: np.ndarray, flips: np.ndarray) -> np.ndarray:
+def _flip_masks(
+    spec: SynthSpec, idx: np.ndarray, flips: np.ndarray, stream: int = S_BIT
+) -> np.ndarray:
     """(m,) uint64 masks with flips[i] distinct random bits set."""
-    bits = mix64(spec.seed, S_BIT, idx[:, None].astype(np.uint64) * 64 + np.arange(64))  # (m, 64)
+    bits = mix64(spec.seed, stream, idx[:, None].astype(np.uint64) * 64 + np.arange(64))  # (m, 64)
     rank = np.argsort(np.argsort(bits, axis=1), axis=1)
     chosen = (rank < flips[:, None]).astype(np.uint64) << np.arange(64, dtype=np.uint64)
     return chosen.sum(axis=1, dtype=np.uint64)
@@ -121,6 +124,17 @@ def planted(spec: SynthSpec, idx: np.ndarray) -> dict[str, np.ndarray]:
     flips[kind == POPULAR] = (r[kind == POPULAR] % np.uint64(4)).astype(np.int64)
     noisy = flips > 0
     phash[noisy] ^= _flip_masks(spec, idx[noisy], flips[noisy])
+    # dHash: independent bits per image; a near copy's differs in 0-8 bits (real 5 %-crop copies
+    # measured 4-12, bench/near_hashes.py), a placeholder draw's in 0-3, like its pHash.
+    dhash = np.where(
+        kind == POPULAR, mix64(spec.seed, S_DPLACE, place), mix64(spec.seed, S_DHASH, source)
+    )
+    rd = mix64(spec.seed, S_DFLIPS, idx)
+    dflips = np.zeros(len(idx), dtype=np.int64)
+    dflips[kind == NEAR] = (rd[kind == NEAR] % np.uint64(9)).astype(np.int64)
+    dflips[kind == POPULAR] = (rd[kind == POPULAR] % np.uint64(4)).astype(np.int64)
+    dnoisy = dflips > 0
+    dhash[dnoisy] ^= _flip_masks(spec, idx[dnoisy], dflips[dnoisy], S_DBIT)
 
     own_pixels = kind != EXACT
     pix_src = np.where(own_pixels, idx, source)
@@ -137,6 +151,7 @@ def planted(spec: SynthSpec, idx: np.ndarray) -> dict[str, np.ndarray]:
         "group": group,
         "flips": flips,
         "phash": phash,
+        "dhash": dhash,
         "pix_src": pix_src,
         "sha_src": np.where(same_bytes, source, idx),
         "width": width,
@@ -157,7 +172,7 @@ def light_rows(spec: SynthSpec, start: int, stop: int) -> Iterator[dict]:
     f = planted(spec, idx)
     pixel = _hex128(spec.seed, S_PIX_A, S_PIX_B, f["pix_src"])
     sha = [a + b for a, b in zip(_hex128(spec.seed, S_SHA, S_PIX_A, f["sha_src"]), pixel)]
-    cols = {k: f[k].tolist() for k in ("phash", "width", "height", "words", "key_salt")}
+    cols = {k: f[k].tolist() for k in ("phash", "dhash", "width", "height", "words", "key_salt")}
     for j, i in enumerate(idx.tolist()):
         key = f"{i:012x}{cols['key_salt'][j]:012x}"
         w, h, words = cols["width"][j], cols["height"][j], cols["words"][j]
@@ -180,6 +195,7 @@ def light_rows(spec: SynthSpec, start: int, stop: int) -> Iterator[dict]:
             "shard": None,
             "pixel_hash": pixel[j],
             "phash": f"{cols['phash'][j]:016x}",
+            "dhash": f"{cols['dhash'][j]:016x}",
             "language": None,
             "_nbytes": min(w, 512) * min(h, 512) // 8,
         }

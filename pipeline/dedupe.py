@@ -15,9 +15,10 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
 
+from pipeline.lsh import candidate_tables, contiguous_bands, table_keys, table_recall
 from pipeline.results import decision, result_row
 from schemas import Reason, Status
-from schemas.imagehash import hamming_matrix, phash_bands
+from schemas.imagehash import hamming_matrix
 
 log = logging.getLogger(__name__)
 
@@ -179,39 +180,75 @@ def cluster_losers(
     return out
 
 
+def _hash_ints(hashes: list[str | None]) -> tuple[np.ndarray, np.ndarray]:
+    """Hex hashes -> (n,) uint64 and (n,) bool "present"."""
+    present = np.array([h is not None for h in hashes], dtype=bool)
+    ints = np.array([int(h, 16) if h is not None else 0 for h in hashes], dtype=np.uint64)
+    return ints, present
+
+
 def near_duplicate_pairs(
-    items: list[tuple[str, str, tuple]], threshold: int
+    items: list[tuple], threshold: int | tuple[int, int | None]
 ) -> list[tuple[str, str, tuple]]:
-    """Items (key, phash, order) of one LSH bucket -> (loser, survivor key, survivor order):
-    pairs within `threshold` bits are joined; each connected group keeps its best item."""
+    """Items (key, phash, order) or (key, phash, dhash, order) of one LSH bucket -> (loser,
+    survivor key, survivor order). `threshold` is the pHash limit, or (pHash limit, dHash limit):
+    pairs within both are joined (a dHash missing on either side is not held against the pair);
+    each connected group keeps its best item."""
     if len(items) < 2:
         return []
-    adjacent = hamming_matrix([h for _, h, _ in items]) <= threshold
-    return cluster_losers([k for k, _, _ in items], [o for _, _, o in items], adjacent)
+    t, t2 = threshold if isinstance(threshold, tuple) else (threshold, None)
+    adjacent = hamming_matrix([it[1] for it in items]) <= t
+    if t2 is not None and len(items[0]) == 4:
+        ints, present = _hash_ints([it[2] for it in items])
+        close = hamming_matrix([f"{v:016x}" for v in ints.tolist()]) <= t2
+        close |= ~(present[:, None] & present[None, :])
+        adjacent &= close
+    return cluster_losers([it[0] for it in items], [it[-1] for it in items], adjacent)
 
 
 class _CompareBucketFn(beam.DoFn):
     """(bucket, items) -> (loser, (survivor order, survivor)) from `pairs_fn(items, threshold)`.
 
-    A bucket over `max_bucket` items is compared in hash-sorted chunks: pairs that fall in
-    different chunks are never compared (lost recall), so such buckets and their items are
-    counted and the first one of each bundle is logged."""
+    Items are read as a stream into windows of at most `window` items, each sorted by hash and
+    compared in chunks of `max_bucket`, so a bucket of any size costs bounded memory. A bucket
+    over `max_bucket` items loses the pairs that fall in different chunks (lost recall): such
+    buckets and their items are counted and the first one of each bundle is logged. With
+    NearDedupe's row-count-sized keys this only happens to skewed hashes (placeholders)."""
 
-    def __init__(self, pairs_fn, threshold, max_bucket: int, stage: str):
+    def __init__(self, pairs_fn, threshold, max_bucket: int, stage: str, window: int = 0):
         self.pairs_fn, self.threshold, self.max_bucket = pairs_fn, threshold, max_bucket
         self.stage = stage
+        self.window = window or 16 * max_bucket
         self.oversized = Metrics.counter(stage, "oversized_buckets")
         self.oversized_rows = Metrics.counter(stage, "oversized_bucket_rows")
 
     def start_bundle(self):
         self._warned = False
 
+    def _windows(self, items):
+        buf = []
+        for it in items:
+            buf.append(it)
+            if len(buf) == self.window:
+                yield buf
+                buf = []
+        if buf:
+            yield buf
+
     def process(self, element):
         bucket, items = element
-        items = sorted(items, key=lambda it: it[1])  # by hash: chunks of a huge bucket stay local
-        if len(items) > self.max_bucket:
+        size = 0
+        for window in self._windows(items):
+            size += len(window)
+            window.sort(key=lambda it: it[1])  # by hash: chunks of a huge bucket stay local
+            for start in range(0, len(window), self.max_bucket):
+                for loser, survivor, order in self.pairs_fn(
+                    window[start : start + self.max_bucket], self.threshold
+                ):
+                    yield loser, (order, survivor)
+        if size > self.max_bucket:
             self.oversized.inc()
-            self.oversized_rows.inc(len(items))
+            self.oversized_rows.inc(size)
             if not self._warned:
                 self._warned = True
                 log.warning(
@@ -219,15 +256,10 @@ class _CompareBucketFn(beam.DoFn):
                     "across chunks are missed (counter oversized_bucket_rows; first this bundle)",
                     self.stage,
                     bucket,
-                    len(items),
+                    size,
                     self.max_bucket,
-                    -(-len(items) // self.max_bucket),
+                    -(-size // self.max_bucket),
                 )
-        for start in range(0, len(items), self.max_bucket):
-            for loser, survivor, order in self.pairs_fn(
-                items[start : start + self.max_bucket], self.threshold
-            ):
-                yield loser, (order, survivor)
 
 
 def _follow_once(element):
@@ -358,19 +390,98 @@ class ExactDedupe(beam.PTransform):
 
 @dataclass(frozen=True)
 class NearDedupeConfig:
-    """`max_bucket` trades recall for bounded work: a band bucket over it is sorted by phash and
-    compared in chunks of `max_bucket`, so compares stay <= bands * max_bucket per row, but two
-    near copies that land in different chunks (they differ in the high bits the sort uses) are
-    never compared in that band. Buckets reach it past ~2**5 * max_bucket rows with the default
-    13 bands (131k rows); counters `oversized_buckets` and `oversized_bucket_rows` say how much
-    of a run was chunked. It bounds compares, not memory: the bucket is still sorted as a list."""
+    """Two rows are near duplicates when their 64-bit pHashes are within `threshold` bits and
+    their dHashes within `verify_threshold` (None: pHash alone). Defaults measured on real
+    photos (`bench/near_hashes.py`): every planted resized / re-encoded / 5 %-cropped /
+    brightness-shifted copy is within (12, 12), and the dHash check removes ~85 % of the
+    unrelated look-alike pairs the pHash alone lets through at 12 bits.
 
-    threshold: int = (
-        12  # max Hamming distance between 64-bit phashes (chosen on the planted set, see tests)
-    )
-    bands: int = 13  # LSH bands; pairs within bands-1 bits always share a band (pigeonhole)
-    max_bucket: int = 4096  # larger buckets are compared in sorted chunks of this size
+    Candidates: rows with identical (pHash, dHash) collapse to one first (placeholder images
+    become one row, not a hot bucket); the rest meet in buckets keyed by `pipeline.lsh` tables
+    sized from the row count, so buckets hold ~`target_bucket` rows at any scale (`bands` fixes
+    contiguous bands instead). Compared pairs are exact; what scale costs is recall of pairs
+    many bits apart (see `pipeline.lsh.table_recall`, logged per run) and, for a given
+    threshold, precision: unrelated real images fall within 12 bits far more often than random
+    hashes do, so at 1e8+ rows use a lower threshold (README: "Near dedupe at scale")."""
+
+    threshold: int = 12  # max Hamming distance between 64-bit pHashes
+    verify_threshold: int | None = 12  # max Hamming distance between dHashes; None: not checked
+    bands: int | None = None  # None: tables sized by rows (pipeline.lsh); an int: contiguous bands
+    target_bucket: int = 2048  # rows per bucket the key width aims at (auto tables)
+    extra_tables: int = 8  # sampled-bit tables beyond the disjoint ones (auto tables, large runs)
+    seed: int = 0  # of the sampled bit positions
+    max_bucket: int = 4096  # larger buckets (skewed hashes) are compared in sorted chunks
     chain_rounds: int = 3  # pointer-jumping rounds that make duplicate_of name the survivor
+
+    def __post_init__(self):
+        def check(name, value, lo, hi=None, optional=False):
+            if value is None and optional:
+                return
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int)
+                or value < lo
+                or (hi is not None and value > hi)
+            ):
+                span = f"{lo}..{hi}" if hi is not None else f">= {lo}"
+                none = " or null" if optional else ""
+                raise ValueError(
+                    f"near_dedupe {name} must be an integer {span}{none}, got {value!r}"
+                )
+
+        check("threshold", self.threshold, 0, 64)
+        check("verify_threshold", self.verify_threshold, 0, 64, optional=True)
+        check("bands", self.bands, 1, 64, optional=True)
+        check("target_bucket", self.target_bucket, 1)
+        check("extra_tables", self.extra_tables, 0, 256)
+        check("max_bucket", self.max_bucket, 2)
+        check("chain_rounds", self.chain_rounds, 1, 32)
+
+    def tables(self, rows: int) -> tuple[tuple[int, ...], ...]:
+        if self.bands is not None:
+            return contiguous_bands(self.bands)
+        return candidate_tables(
+            self.threshold, rows, self.target_bucket, self.extra_tables, self.seed
+        )
+
+
+def _near_item(r: dict) -> tuple:
+    return (r["key"], r["phash"], r.get("dhash"), image_survivor_order(r))
+
+
+def collapse_same_hashes(items: Iterable[tuple]) -> Iterator[tuple[bool, tuple]]:
+    """Items sharing (pHash, dHash) -> (True, the best) and (False, (loser key, best key)) for the
+    rest. Two passes over the re-iterable group, never a list: a placeholder shown a million
+    times costs one streamed group."""
+    best = min(items, key=lambda it: it[-1])
+    yield True, best
+    for it in items:
+        if it[0] != best[0]:
+            yield False, (it[0], best[0])
+
+
+class _CandidateKeysFn(beam.DoFn):
+    """Item -> ((table, value), item) per key table; the tables depend on the row count, a side
+    input, and are built once per worker and logged with the recall they give."""
+
+    def __init__(self, cfg: NearDedupeConfig):
+        self.cfg = cfg
+        self._rows = None
+
+    def process(self, item, rows):
+        if self._rows != rows:
+            self._rows, self._tables = rows, self.cfg.tables(rows)
+            recall = {d: table_recall(self._tables, d, 2000) for d in (2, 4, 8, self.cfg.threshold)}
+            log.info(
+                "near_dedupe: %d rows -> %d key tables of %d bits; pairs d bits apart meet "
+                "with chance %s",
+                rows,
+                len(self._tables),
+                len(self._tables[-1]),
+                ", ".join(f"d={d}: {r:.2f}" for d, r in recall.items()),
+            )
+        for key in table_keys(int(item[1], 16), self._tables):
+            yield key, item
 
 
 class NearDedupe(beam.PTransform):
@@ -382,34 +493,61 @@ class NearDedupe(beam.PTransform):
 
     def expand(self, light):
         cfg = self.cfg
-        proposals = (
+        detail = f"phash within {cfg.threshold} bits" + (
+            f", dhash within {cfg.verify_threshold}" if cfg.verify_threshold is not None else ""
+        )
+        collapsed = (
             light
-            | "Bands"
-            >> beam.FlatMap(
-                lambda r: [
-                    ((b, v), (r["key"], r["phash"], image_survivor_order(r)))
-                    for b, v in phash_bands(r["phash"], cfg.bands)
+            | "Items" >> beam.FlatMap(lambda r: [_near_item(r)] if r.get("phash") else [])
+            | "KeyByHashes" >> beam.Map(lambda it: ((it[1], it[2]), it))
+            | "GroupByHashes" >> beam.GroupByKey()
+            | "Collapse" >> beam.FlatMap(lambda kv: collapse_same_hashes(kv[1]))
+        )
+        representatives = collapsed | "Representatives" >> beam.FlatMap(
+            lambda x: [x[1]] if x[0] else []
+        )
+        same = collapsed | "SameHashes" >> beam.FlatMap(
+            lambda x: (
+                []
+                if x[0]
+                else [
+                    decision(
+                        x[1][0],
+                        Status.DUPLICATE,
+                        Reason.NEAR_DUPLICATE,
+                        x[1][1],
+                        "same phash and dhash",
+                    )
                 ]
             )
-            | "GroupByBand" >> beam.GroupByKey()
+        )
+        rows = beam.pvalue.AsSingleton(
+            representatives | "CountRows" >> beam.combiners.Count.Globally()
+        )
+        near = (
+            representatives
+            | "CandidateKeys" >> beam.ParDo(_CandidateKeysFn(cfg), rows)
+            | "GroupByKey" >> beam.GroupByKey()
             | "CompareInBucket"
             >> beam.ParDo(
-                _CompareBucketFn(near_duplicate_pairs, cfg.threshold, cfg.max_bucket, "near_dedupe")
+                _CompareBucketFn(
+                    near_duplicate_pairs,
+                    (cfg.threshold, cfg.verify_threshold),
+                    cfg.max_bucket,
+                    "near_dedupe",
+                )
             )
             | "BestPerLoser" >> beam.CombinePerKey(min)
-        )
-        removed = (
-            proposals
             | "Decisions"
             >> beam.Map(
                 lambda kv: decision(
-                    kv[0],
-                    Status.DUPLICATE,
-                    Reason.NEAR_DUPLICATE,
-                    kv[1][1],
-                    f"phash within {cfg.threshold} bits",
+                    kv[0], Status.DUPLICATE, Reason.NEAR_DUPLICATE, kv[1][1], detail
                 )
             )
+        )
+        removed = (
+            (same, near)
+            | "AllNear" >> beam.Flatten()
             | "ResolveChains" >> ResolveChains(cfg.chain_rounds)
         )
         kept = {"light": light, "removed": removed} | "DropRemoved" >> DropRemoved()

@@ -28,7 +28,7 @@ from PIL import Image, ImageOps
 
 from pipeline.concurrency import ThreadedMapFn
 from schemas import Reason, Status
-from schemas.imagehash import phash, pixel_hash
+from schemas.imagehash import dhash, phash, pixel_hash
 
 RESIZE_MODES = ("no", "keep_ratio", "keep_ratio_largest", "center_crop", "border")
 OUTPUT_FORMATS = {"jpg": "JPEG", "webp": "WEBP", "png": "PNG"}
@@ -100,6 +100,7 @@ class DecodedImage:
     original_height: int
     pixel_hash: str | None = None  # of the image as written (schemas.imagehash)
     phash: str | None = None
+    dhash: str | None = None
 
 
 def target_size(width: int, height: int, cfg: ImageConfig) -> tuple[int, int]:
@@ -174,7 +175,7 @@ def decode_and_resize(data: bytes, cfg: ImageConfig) -> DecodedImage:
                 im.load()  # reject truncated files even when the bytes are kept
                 rgb = _to_rgb(im, cfg.background)
                 return DecodedImage(
-                    data, cfg.output_format, ow, oh, ow, oh, pixel_hash(rgb), phash(rgb)
+                    data, cfg.output_format, ow, oh, ow, oh, pixel_hash(rgb), phash(rgb), dhash(rgb)
                 )
             if source_format == "JPEG" and (tw, th) != (ow, oh):
                 # Decode at the smallest power-of-two scale that still covers the target.
@@ -192,6 +193,7 @@ def decode_and_resize(data: bytes, cfg: ImageConfig) -> DecodedImage:
                 oh,
                 pixel_hash(im),
                 phash(im),
+                dhash(im),
             )
     except ImageError:
         raise
@@ -241,6 +243,7 @@ def decode_row(row: dict, cfg: ImageConfig) -> dict:
         height=out.height,
         pixel_hash=out.pixel_hash,
         phash=out.phash,
+        dhash=out.dhash,
     )
     row["_image"] = out.data
     row["_ext"] = out.ext

@@ -1,6 +1,7 @@
 """Image hashes shared by curation (dedupe) and evaluation (decontamination).
 
     phash(image)         -> 16 hex digits: 64-bit DCT perceptual hash (robust to resize, re-encode)
+    dhash(image)         -> 16 hex digits: 64-bit difference hash, near dedupe's second opinion
     pixel_hash(image)    -> 32 hex digits: identical decoded pixels <=> identical hash
     hamming(a, b)        -> number of differing bits between two phashes
     hamming_matrix(hs)   -> (n, n) of those, by XOR + popcount
@@ -42,11 +43,23 @@ def phash_bits(image: Image.Image) -> np.ndarray:
 
 
 def phash(image: Image.Image) -> str:
-    bits = phash_bits(image)
+    return _hex(phash_bits(image))
+
+
+def _hex(bits: np.ndarray) -> str:
     value = 0
     for b in bits:
         value = (value << 1) | int(b)
     return f"{value:016x}"
+
+
+def dhash(image: Image.Image) -> str:
+    """64-bit difference hash: is each pixel of a 9x8 grey thumbnail brighter than its left
+    neighbour. Built from horizontal gradients rather than DCT coefficients, so for unrelated
+    images it errs independently of `phash`: NearDedupe requires both to agree."""
+    gray = image.convert("L").resize((_HASH_SIZE + 1, _HASH_SIZE), Image.Resampling.BOX)
+    px = np.asarray(gray, dtype=np.int16)  # (8, 9)
+    return _hex((px[:, 1:] > px[:, :-1]).ravel())
 
 
 def pixel_hash(image: Image.Image) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-RESULT_SCHEMA_VERSION = 3  # 3 added clip_score
+RESULT_SCHEMA_VERSION = 4  # 3 added clip_score, 4 dhash
 
 
 class Status:
@@ -127,6 +127,7 @@ RESULT_FIELDS = (
     pa.field("shard", pa.string()),  # shard name, e.g. "00012", when written
     pa.field("pixel_hash", pa.string()),  # schemas.imagehash.pixel_hash of the written image
     pa.field("phash", pa.string()),  # schemas.imagehash.phash, 16 hex digits
+    pa.field("dhash", pa.string()),  # schemas.imagehash.dhash, 16 hex digits
     pa.field("language", pa.string()),  # ISO 639-1 code of the caption, when detected
     pa.field("clip_score", pa.float32()),  # image-caption cosine similarity, when a model scored it
 )

@@ -57,3 +57,24 @@ def test_popcount_table_fallback_equals_bitwise_count_and_scalar_hamming():
 def test_hamming_matrix_of_nothing_and_one():
     assert hamming_matrix([]).shape == (0, 0)
     assert hamming_matrix(["ffffffffffffffff"]).tolist() == [[0]]
+
+
+def test_dhash_survives_resize_and_reencode_and_tells_photos_apart(photos):
+    import io
+
+    from PIL import Image
+
+    from schemas.imagehash import dhash
+
+    names = sorted(photos)[:8]
+    hashes = {}
+    for name in names:
+        im = photos[name].convert("RGB")
+        buf = io.BytesIO()
+        im.resize((im.width // 2, im.height // 2), Image.LANCZOS).save(buf, "JPEG", quality=60)
+        small = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+        hashes[name] = dhash(im)
+        assert len(hashes[name]) == 16
+        assert hamming(hashes[name], dhash(small)) <= 8, name
+    apart = [hamming(hashes[a], hashes[b]) for a in names for b in names if a < b]
+    assert min(apart) > 12
