@@ -514,8 +514,10 @@ def _slope(x1, y1, x2, y2) -> str:
 
 
 def band_ranges(bands: int) -> list[tuple[int, int]]:
-    """Bit ranges of schemas.imagehash.phash_bands."""
-    return [(i * 64 // bands, (i + 1) * 64 // bands) for i in range(bands)]
+    """[lo, hi) bit ranges of pipeline.lsh.contiguous_bands."""
+    from pipeline.lsh import contiguous_bands
+
+    return [(t[0], t[-1] + 1) for t in contiguous_bands(bands)]
 
 
 def chunked_lsh_recall(n: int, bands: int, max_bucket: int, flips: int, trials: int = 20_000):

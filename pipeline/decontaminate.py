@@ -21,10 +21,11 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from PIL import Image
 
+from pipeline.lsh import contiguous_bands, table_keys
 from pipeline.paths import join_path
 from pipeline.results import decision
 from schemas import IMAGE_EXTENSIONS, Reason, Status, split_member_name
-from schemas.imagehash import hamming, phash, phash_bands
+from schemas.imagehash import hamming, phash
 
 FOUND_NAME = "decontamination.json"
 
@@ -114,8 +115,9 @@ def hash_eval_file(path: str, root: str) -> list[dict]:
 def build_index(items: list[dict], bands: int) -> tuple[dict, dict]:
     by_sha = {it["sha256"]: it["id"] for it in items if it.get("sha256")}
     by_band: dict[tuple[int, int], list[tuple[str, str]]] = {}
+    tables = contiguous_bands(bands)
     for it in items:
-        for band in phash_bands(it["phash"], bands):
+        for band in table_keys(int(it["phash"], 16), tables):
             by_band.setdefault(band, []).append((it["id"], it["phash"]))
     return by_sha, by_band
 
@@ -128,7 +130,7 @@ def match(row: dict, index: tuple[dict, dict], cfg: DecontaminateConfig) -> tupl
     if not row.get("phash"):
         return None
     best = None
-    for band in phash_bands(row["phash"], cfg.bands):
+    for band in table_keys(int(row["phash"], 16), contiguous_bands(cfg.bands)):
         for item_id, h in by_band.get(band, ()):
             d = hamming(row["phash"], h)
             if d <= cfg.threshold and (best is None or (d, item_id) < best):

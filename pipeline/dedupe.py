@@ -18,7 +18,7 @@ from apache_beam.metrics import Metrics
 from pipeline.lsh import candidate_tables, contiguous_bands, table_keys, table_recall
 from pipeline.results import decision, result_row
 from schemas import Reason, Status
-from schemas.imagehash import hamming_matrix
+from schemas.imagehash import hamming_matrix, hamming_matrix_ints
 
 log = logging.getLogger(__name__)
 
@@ -180,13 +180,6 @@ def cluster_losers(
     return out
 
 
-def _hash_ints(hashes: list[str | None]) -> tuple[np.ndarray, np.ndarray]:
-    """Hex hashes -> (n,) uint64 and (n,) bool "present"."""
-    present = np.array([h is not None for h in hashes], dtype=bool)
-    ints = np.array([int(h, 16) if h is not None else 0 for h in hashes], dtype=np.uint64)
-    return ints, present
-
-
 def near_duplicate_pairs(
     items: list[tuple], threshold: int | tuple[int, int | None]
 ) -> list[tuple[str, str, tuple]]:
@@ -199,8 +192,10 @@ def near_duplicate_pairs(
     t, t2 = threshold if isinstance(threshold, tuple) else (threshold, None)
     adjacent = hamming_matrix([it[1] for it in items]) <= t
     if t2 is not None and len(items[0]) == 4:
-        ints, present = _hash_ints([it[2] for it in items])
-        close = hamming_matrix([f"{v:016x}" for v in ints.tolist()]) <= t2
+        dhashes = [it[2] for it in items]
+        present = np.array([h is not None for h in dhashes], dtype=bool)
+        ints = np.array([int(h, 16) if h else 0 for h in dhashes], dtype=np.uint64)
+        close = hamming_matrix_ints(ints) <= t2
         close |= ~(present[:, None] & present[None, :])
         adjacent &= close
     return cluster_losers([it[0] for it in items], [it[-1] for it in items], adjacent)
@@ -393,8 +388,8 @@ class NearDedupeConfig:
     """Two rows are near duplicates when their 64-bit pHashes are within `threshold` bits and
     their dHashes within `verify_threshold` (None: pHash alone). Defaults measured on real
     photos (`bench/near_hashes.py`): every planted resized / re-encoded / 5 %-cropped /
-    brightness-shifted copy is within (12, 12), and the dHash check removes ~85 % of the
-    unrelated look-alike pairs the pHash alone lets through at 12 bits.
+    brightness-shifted copy is within (12, 14), and the dHash check removes 85-100 % of the
+    unrelated look-alike photo tiles the pHash alone lets through at 12 bits.
 
     Candidates: rows with identical (pHash, dHash) collapse to one first (placeholder images
     become one row, not a hot bucket); the rest meet in buckets keyed by `pipeline.lsh` tables
@@ -405,7 +400,7 @@ class NearDedupeConfig:
     hashes do, so at 1e8+ rows use a lower threshold (README: "Near dedupe at scale")."""
 
     threshold: int = 12  # max Hamming distance between 64-bit pHashes
-    verify_threshold: int | None = 12  # max Hamming distance between dHashes; None: not checked
+    verify_threshold: int | None = 14  # max Hamming distance between dHashes; None: not checked
     bands: int | None = None  # None: tables sized by rows (pipeline.lsh); an int: contiguous bands
     target_bucket: int = 2048  # rows per bucket the key width aims at (auto tables)
     extra_tables: int = 8  # sampled-bit tables beyond the disjoint ones (auto tables, large runs)
@@ -460,6 +455,20 @@ def collapse_same_hashes(items: Iterable[tuple]) -> Iterator[tuple[bool, tuple]]
             yield False, (it[0], best[0])
 
 
+def _collapse_group(element) -> Iterator:
+    """((pHash, dHash), items) -> the best item; a "same" decision for each of the others."""
+    for is_best, x in collapse_same_hashes(element[1]):
+        if is_best:
+            yield x
+        else:
+            yield beam.pvalue.TaggedOutput(
+                "same",
+                decision(
+                    x[0], Status.DUPLICATE, Reason.NEAR_DUPLICATE, x[1], "same phash and dhash"
+                ),
+            )
+
+
 class _CandidateKeysFn(beam.DoFn):
     """Item -> ((table, value), item) per key table; the tables depend on the row count, a side
     input, and are built once per worker and logged with the recall they give."""
@@ -501,26 +510,9 @@ class NearDedupe(beam.PTransform):
             | "Items" >> beam.FlatMap(lambda r: [_near_item(r)] if r.get("phash") else [])
             | "KeyByHashes" >> beam.Map(lambda it: ((it[1], it[2]), it))
             | "GroupByHashes" >> beam.GroupByKey()
-            | "Collapse" >> beam.FlatMap(lambda kv: collapse_same_hashes(kv[1]))
+            | "Collapse" >> beam.FlatMap(_collapse_group).with_outputs("same", main="best")
         )
-        representatives = collapsed | "Representatives" >> beam.FlatMap(
-            lambda x: [x[1]] if x[0] else []
-        )
-        same = collapsed | "SameHashes" >> beam.FlatMap(
-            lambda x: (
-                []
-                if x[0]
-                else [
-                    decision(
-                        x[1][0],
-                        Status.DUPLICATE,
-                        Reason.NEAR_DUPLICATE,
-                        x[1][1],
-                        "same phash and dhash",
-                    )
-                ]
-            )
-        )
+        representatives, same = collapsed.best, collapsed.same
         rows = beam.pvalue.AsSingleton(
             representatives | "CountRows" >> beam.combiners.Count.Globally()
         )

@@ -12,7 +12,7 @@ ceil(log2(rows / target_bucket)) bits: the 64 positions, shuffled by a seeded pe
 into 64 // width disjoint tables (every pair within 64 // width - 1 bits still meets) and
 `extra_tables` tables of `width` randomly sampled positions raise the recall of pairs further
 apart. Buckets then hold ~target_bucket rows at any scale, so the compares per row stay constant
-and the cost of the stage is linear in rows. Pure: imports neither Beam nor numpy-free fallbacks.
+and the cost of the stage is linear in rows. Pure numpy; no Beam.
 """
 
 from __future__ import annotations
@@ -63,12 +63,17 @@ def candidate_tables(
 
 
 def table_keys(value: int, tables: tuple[tuple[int, ...], ...]) -> list[tuple[int, int]]:
-    """[(table index, the value's bits at the table's positions, packed)] for one hash."""
+    """[(table index, the value's bits at the table's positions, packed)] for one hash. Positions
+    are sorted; a contiguous run (a band) is one shift and mask."""
     out = []
     for t, positions in enumerate(tables):
-        v = 0
-        for j, p in enumerate(positions):
-            v |= ((value >> p) & 1) << j
+        lo, n = positions[0], len(positions)
+        if positions[-1] - lo == n - 1:
+            v = (value >> lo) & ((1 << n) - 1)
+        else:
+            v = 0
+            for j, p in enumerate(positions):
+                v |= ((value >> p) & 1) << j
         out.append((t, v))
     return out
 

@@ -73,20 +73,6 @@ def hamming(a: str, b: str) -> int:
     return (int(a, 16) ^ int(b, 16)).bit_count()
 
 
-def phash_bands(h: str, bands: int) -> list[tuple[int, int]]:
-    """Split a 64-bit phash into `bands` contiguous bit ranges: [(band index, band value)].
-
-    Two hashes within Hamming distance < bands share at least one band exactly (pigeonhole).
-    """
-    value = int(h, 16)
-    out = []
-    for i in range(bands):
-        lo = i * PHASH_BITS // bands
-        hi = (i + 1) * PHASH_BITS // bands
-        out.append((i, (value >> lo) & ((1 << (hi - lo)) - 1)))
-    return out
-
-
 # Set bits of each 16-bit value: the popcount fallback for numpy < 2 (no np.bitwise_count).
 # Built from the 256-entry byte table; 64 KB, so it stays in cache, and four lookups per
 # uint64 are ~4x faster than eight byte lookups.
@@ -113,6 +99,11 @@ def hamming_matrix(hashes: list[str], use_bitwise_count: bool | None = None) -> 
     """(n, n) uint8 pairwise Hamming distances of hex phashes: XOR + popcount, in row blocks
     through one 16 MB uint64 buffer (a 4096-row chunk: 16 MB out, ~34 MB peak)."""
     ints = np.array([int(h, 16) for h in hashes], dtype=np.uint64)  # (n,)
+    return hamming_matrix_ints(ints, use_bitwise_count)
+
+
+def hamming_matrix_ints(ints: np.ndarray, use_bitwise_count: bool | None = None) -> np.ndarray:
+    """`hamming_matrix` of hashes already held as (n,) uint64."""
     n = len(ints)
     out = np.empty((n, n), dtype=np.uint8)
     rows = max(1, min(n, _BLOCK // max(n, 1)))
