@@ -14,7 +14,12 @@
    (`python -m trainer`, a separate process: the pipeline never imports the trainer).
 5. Evaluates zero-shot top-1 on the held-out digits (never in the training shards: the
    decontamination report proves it) against a logistic regression on the same raw pixels.
-6. Writes a training-curve PNG, a confusion-matrix PNG and `summary.html` linking everything.
+6. Writes a training-curve PNG, a confusion-matrix PNG, `summary.html` linking everything and
+   `demo.json` (the figures, for scripts and tests).
+
+`--validation` runs the same demo with a quarter of the *training* digits in place of the held-out
+ones (the web is made of the rest): the run that chooses the demo's settings
+(`bench/demo.py select`), which never reads the held-out digits.
 """
 
 from __future__ import annotations
@@ -66,11 +71,15 @@ class DemoConfig:
     digits: int = 1797  # how many of scikit-learn's digits to use (all by default)
     held_out: float = 0.25  # fraction of the digits kept for zero-shot evaluation
     image_size: int = 32  # what the shards store and the model sees
-    # Measured on this data (bench/RESULTS.md): top-1 peaks early; longer runs overfit the captions.
+    # Chosen by validation top-1 (`bench/demo.py select`, bench/RESULTS-demo.md), never on the
+    # held-out digits.
     steps: int = 400
     batch_size: int = 64
     lr: float = 5e-4
     seed: int = 0
+    # Evaluate on a validation split of the training digits instead of the held-out digits (for
+    # choosing settings): the held-out digits are then neither rendered nor read.
+    validation: bool = False
 
 
 def render_digit(pixels, size: int, rng: random.Random) -> Image.Image:
@@ -93,32 +102,53 @@ def _save(im: Image.Image, path: Path, rng: random.Random) -> str:
     return path.name
 
 
-def split_digits(n: int, held_out: float, seed: int) -> tuple[list[int], list[int]]:
-    """Stratified train / held-out indices of the 1,797 digits."""
+def stratified_split(idx: list[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """`idx` (indices of scikit-learn's 1,797 digits) split in two, `fraction` of each class in
+    the second part."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
-    digits = load_digits()
-    idx = np.arange(min(n, len(digits.target)))
-    train, test = train_test_split(
-        idx, test_size=held_out, stratify=digits.target[idx], random_state=seed
-    )
-    return sorted(train.tolist()), sorted(test.tolist())
+    idx = np.asarray(idx)
+    labels = load_digits().target[idx]
+    first, second = train_test_split(idx, test_size=fraction, stratify=labels, random_state=seed)
+    return sorted(first.tolist()), sorted(second.tolist())
 
 
-def build_web(cfg: DemoConfig) -> tuple[list[dict], Path, dict]:
-    """-> (pair rows with site paths, the held-out folder, counts of the planted noise)."""
+def split_digits(n: int, held_out: float, seed: int) -> tuple[list[int], list[int]]:
+    """Stratified train / held-out indices of the first `n` of the 1,797 digits."""
+    from sklearn.datasets import load_digits
+
+    return stratified_split(list(range(min(n, len(load_digits().target)))), held_out, seed)
+
+
+def demo_digits(cfg: DemoConfig) -> tuple[list[int], list[int]]:
+    """(digits the web is made of, digits the model is evaluated on).
+
+    The held-out digits, or with `cfg.validation` a split of the training digits alone (the same
+    fraction again): the held-out ones are then returned in neither list."""
+    train, held_out = split_digits(cfg.digits, cfg.held_out, cfg.seed)
+    if not cfg.validation:
+        return train, held_out
+    return stratified_split(train, cfg.held_out, cfg.seed)
+
+
+def build_web(
+    cfg: DemoConfig, web_digits: list[int], eval_digits: list[int]
+) -> tuple[list[dict], Path, dict]:
+    """-> (pair rows with site paths, the evaluation folder, counts of the planted noise)."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     rng = random.Random(cfg.seed)
-    web, heldout = cfg.output / "web", cfg.output / "heldout"
+    web = cfg.output / "web"
+    heldout = cfg.output / ("validation" if cfg.validation else "heldout")
+    for folder in (web, heldout):  # left by an earlier run into the same output
+        shutil.rmtree(folder, ignore_errors=True)
     for d in ("digits", "copies", "broken"):
-        (web / d).mkdir(parents=True, exist_ok=True)
-    train, test = split_digits(cfg.digits, cfg.held_out, cfg.seed)
+        (web / d).mkdir(parents=True)
     noise = dict.fromkeys(("wrong", "empty", "boilerplate", "copies", "rotted", "leaked"), 0)
     rows = []
-    for i in train:
+    for i in web_digits:
         label = int(digits.target[i])
         im = render_digit(digits.data[i], rng.choice((48, 64, 96, 128, 160)), rng)
         name = _save(im, web / "digits" / f"{i:05d}", rng)
@@ -140,7 +170,7 @@ def build_web(cfg: DemoConfig) -> tuple[list[dict], Path, dict]:
             copy = _save(im.resize((im.width * 3 // 4,) * 2), web / "copies" / f"{i:05d}", rng)
             rows.append({"path": f"copies/{copy}", "caption": caption, "label": label})
             noise["copies"] += 1
-    for i in test:  # the held-out evaluation set, one folder per class
+    for i in eval_digits:  # the evaluation set, one folder per class
         label = DIGIT_NAMES[int(digits.target[i])]
         (heldout / label).mkdir(parents=True, exist_ok=True)
         im = render_digit(digits.data[i], 64, rng)
@@ -159,7 +189,7 @@ def build_web(cfg: DemoConfig) -> tuple[list[dict], Path, dict]:
             noise["leaked"] += 1
     (web / "broken/page.jpg").write_bytes(b"<!doctype html><title>Not Found</title>")
     buf = io.BytesIO()
-    render_digit(digits.data[0], 128, rng).save(buf, "JPEG")
+    render_digit(digits.data[web_digits[0]], 128, rng).save(buf, "JPEG")
     (web / "broken/truncated.jpg").write_bytes(buf.getvalue()[:300])
     rows += [
         {"path": "broken/page.jpg", "caption": "a handwritten digit two", "label": -1},
@@ -275,14 +305,32 @@ def train_and_evaluate(cfg: DemoConfig, heldout: Path) -> dict:
 
 
 def pixel_baseline(cfg: DemoConfig) -> float:
-    """Supervised logistic regression on the raw 8x8 pixels of the same train / held-out split."""
+    """Supervised logistic regression on the raw 8x8 pixels of the same digits: fitted on those
+    the web is made of, scored on those the zero-shot model is evaluated on."""
     from sklearn.datasets import load_digits
     from sklearn.linear_model import LogisticRegression
 
     digits = load_digits()
-    train, test = split_digits(cfg.digits, cfg.held_out, cfg.seed)
+    train, test = demo_digits(cfg)
     clf = LogisticRegression(max_iter=5000).fit(digits.data[train], digits.target[train])
     return float(clf.score(digits.data[test], digits.target[test]))
+
+
+def write_figures(cfg: DemoConfig, zeroshot: dict, baseline: float, seconds: float) -> Path:
+    """`demo.json`: the run's settings and figures, for scripts (bench/demo.py) and tests."""
+    web_digits, eval_digits = demo_digits(cfg)
+    figures = {
+        "evaluated_on": "validation" if cfg.validation else "held-out",
+        "zeroshot_top1": zeroshot["results"]["top-1"],
+        "logreg_top1": baseline,
+        "eval_digits": len(eval_digits),
+        "web_digits": len(web_digits),
+        **{k: getattr(cfg, k) for k in ("digits", "steps", "batch_size", "lr", "seed")},
+        "seconds": round(seconds, 1),
+    }
+    path = cfg.output / "demo.json"
+    path.write_text(json.dumps(figures, indent=1) + "\n")
+    return path
 
 
 def main(argv: list[str] | None = None, prog: str = "webpairs demo") -> int:
@@ -295,6 +343,13 @@ def main(argv: list[str] | None = None, prog: str = "webpairs demo") -> int:
     parser.add_argument(
         "--digits", type=int, default=DemoConfig.digits, help="fewer digits: a quicker, weaker demo"
     )
+    parser.add_argument("--seed", type=int, default=DemoConfig.seed)
+    parser.add_argument(
+        "--validation",
+        action="store_true",
+        help="evaluate on a validation split of the training digits (for choosing settings); "
+        "the held-out digits are not used",
+    )
     parser.add_argument("--skip-training", action="store_true", help="stop after curation")
     args = parser.parse_args(argv)
     if not logging.getLogger().handlers:
@@ -303,11 +358,16 @@ def main(argv: list[str] | None = None, prog: str = "webpairs demo") -> int:
         )
         logging.getLogger("apache_beam").setLevel(logging.WARNING)
     cfg = DemoConfig(
-        output=Path(args.output), digits=args.digits, steps=args.steps, batch_size=args.batch_size
+        output=Path(args.output),
+        digits=args.digits,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        validation=args.validation,
     )
     start = time.monotonic()
     cfg.output.mkdir(parents=True, exist_ok=True)
-    rows, heldout, noise = build_web(cfg)
+    rows, heldout, noise = build_web(cfg, *demo_digits(cfg))
     logger.info("demo: %d web pairs rendered, planted noise %s", len(rows), noise)
     code = curate(cfg, rows, heldout, prog)
     if code != 0 or args.skip_training:
@@ -324,12 +384,15 @@ def main(argv: list[str] | None = None, prog: str = "webpairs demo") -> int:
     curve_png(cfg.output / "run" / "metrics.jsonl", cfg.output / "training_curve.png")
     confusion_png(zeroshot["confusion"], zeroshot["classnames"], cfg.output / "confusion.png")
     found = json.loads((cfg.output / "dataset" / "decontamination.json").read_text())
-    summary_html(cfg.output, top1, baseline, noise, found, time.monotonic() - start)
+    seconds = time.monotonic() - start
+    summary_html(cfg.output, top1, baseline, noise, found, seconds)
+    write_figures(cfg, zeroshot, baseline, seconds)
     verdict = "at or above" if top1 >= baseline else "below"
+    evaluated_on = "validation" if cfg.validation else "held-out"
     sys.stdout.write(
-        f"zero-shot top-1 on {zeroshot['results']['zeroshot_images']} held-out digits: {top1:.3f} "
+        f"zero-shot top-1 on {zeroshot['results']['zeroshot_images']:.0f} {evaluated_on} digits: {top1:.3f} "
         f"({verdict} the logistic regression on raw pixels: {baseline:.3f})\n"
-        f"held-out digits matched on the web, their copies removed: {len(found['found'])} "
+        f"{evaluated_on} digits matched on the web, their copies removed: {len(found['found'])} "
         f"({noise['leaked']} leaks were planted; look-alike digits within the threshold match too)\n"
         f"pictures: {cfg.output / 'training_curve.png'}, {cfg.output / 'confusion.png'}; "
         f"funnel: {cfg.output / 'dataset' / 'report.html'}\n"

@@ -1,13 +1,33 @@
 """The demo end to end, smaller (600 digits, 300 steps): curation on the loopback server,
-training, zero-shot evaluation on the held-out digits, the pictures and the summary page."""
+training, zero-shot evaluation on the held-out digits, the pictures and the summary page; and the
+validation mode that chooses the demo's settings without the held-out digits."""
 
 import json
+import re
 
 import webdataset as wds
 from PIL import Image
 
-from pipeline.demo import main
+from pipeline.demo import DemoConfig, build_web, demo_digits, main, split_digits
 from schemas import Manifest, Stats
+
+
+def test_validation_mode_never_renders_the_held_out_digits(tmp_path):
+    cfg = DemoConfig(output=tmp_path, digits=600, validation=True)
+    train, held_out = split_digits(cfg.digits, cfg.held_out, cfg.seed)
+    web_digits, val_digits = demo_digits(cfg)
+    assert sorted(web_digits + val_digits) == train  # the training digits, split again
+    assert len(val_digits) == 113 and not set(web_digits) & set(val_digits)
+    _, folder, noise = build_web(cfg, web_digits, val_digits)
+    assert folder == tmp_path / "validation" and noise["leaked"] > 0
+    # every file the demo serves or evaluates on is named after the digit it shows
+    rendered = {
+        int(m[1]) for p in tmp_path.rglob("*") if (m := re.search(r"(\d{5})\.\w+$", p.name))
+    }
+    assert rendered == set(train) and not rendered & set(held_out)
+    evaluated = {int(p.stem) for p in folder.rglob("*.png")}
+    assert evaluated == set(val_digits)
+    assert not (tmp_path / "heldout").exists()
 
 
 def test_demo_end_to_end_with_a_short_training(tmp_path, capsys):
