@@ -11,10 +11,12 @@ across workers, the download stage groups URLs by host so one host lands on few 
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 import time
-import urllib.robotparser
 from dataclasses import dataclass, field
+
+from protego import Protego
 
 
 class HostBusy(TimeoutError):
@@ -101,23 +103,43 @@ class HostPolicy:
                 st.open_until = time.monotonic() + self.breaker_cooldown
 
 
+_USER_AGENT_LINE = re.compile(r"^[ \t]*user[- ]?agent[ \t]*:?[ \t]*([^\s#]+)", re.I | re.M)
+
+
+@dataclass(frozen=True)
+class RobotsRules:
+    """A robots.txt read per RFC 9309 (Protego): `*` and `$` in paths, the longest matching
+    rule wins, Allow on a tie.
+
+        RobotsRules.parse("User-agent: *\nDisallow: /*.jpg$\n").allowed(url, "webpairs")
+    """
+
+    parser: Protego
+    agents: frozenset[str]  # the user-agent names its groups give, lowercased
+
+    @classmethod
+    def parse(cls, text: str) -> RobotsRules:
+        agents = frozenset(name.lower() for name in _USER_AGENT_LINE.findall(text))
+        return cls(Protego.parse(text), agents)
+
+    def allowed(self, url: str, token: str) -> bool:
+        # 2.2.1: the group whose user-agent equals the token, case-insensitively, else `*`.
+        # Protego alone would also apply a group whose name starts the token ("web" for
+        # "webpairs"), so it is asked for the token only when a group names it exactly.
+        return self.parser.can_fetch(url, token if token.lower() in self.agents else "*")
+
+
 @dataclass
 class _Robots:
-    parser: (
-        urllib.robotparser.RobotFileParser | None
-    )  # None with allow: all allowed / all disallowed
+    rules: RobotsRules | None  # None with allow_all: all allowed / all disallowed
     allow_all: bool
     expires: float
 
 
-def robots_from_response(
-    status: int | None, body: bytes | None
-) -> tuple[urllib.robotparser.RobotFileParser | None, bool]:
+def robots_from_response(status: int | None, body: bytes | None) -> tuple[RobotsRules | None, bool]:
     """RFC 9309: 2xx -> the rules; 4xx -> no rules (all allowed); 5xx or unreachable -> all disallowed."""
     if status is not None and 200 <= status < 300 and body is not None:
-        parser = urllib.robotparser.RobotFileParser()
-        parser.parse(body.decode("utf-8", errors="replace").splitlines())
-        return parser, False
+        return RobotsRules.parse(body.decode("utf-8-sig", errors="replace")), False
     if status is not None and 400 <= status < 500:
         return None, True
     return None, False
@@ -139,10 +161,10 @@ class RobotsCache:
             entry = self._entries.get(origin)
             if entry is None or entry.expires < time.monotonic():
                 status, body = fetch(origin + "/robots.txt")
-                parser, allow_all = robots_from_response(status, body)
+                rules, allow_all = robots_from_response(status, body)
                 entry = self._entries[origin] = _Robots(
-                    parser, allow_all, time.monotonic() + self.ttl
+                    rules, allow_all, time.monotonic() + self.ttl
                 )
-        if entry.parser is None:
+        if entry.rules is None:
             return entry.allow_all
-        return entry.parser.can_fetch(self.ua, url)
+        return entry.rules.allowed(url, self.ua)
