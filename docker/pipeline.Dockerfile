@@ -15,6 +15,7 @@ COPY trainer ./trainer
 # The pipeline never imports torch (scoring loads it lazily): leave torch out of the worker image.
 RUN pip install --no-cache-dir --no-deps . \
     && pip install --no-cache-dir "apache-beam[gcp,aws]==${BEAM_VERSION}" "pyarrow>=14,<30" "pillow>=10.1,<13" \
-        "urllib3>=2,<3" "fsspec>=2023.6" "webdataset>=0.2.86,<2" "ftfy>=6.1,<7" "lingua-language-detector>=2,<3" \
-        "datasketch>=1.6,<3" "pyyaml>=6,<7" "numpy>=1.24,<3" "protego>=0.3.1,<1"
+        "urllib3>=2,<3" "fsspec>=2023.6" "webdataset>=0.2.86,<2" "braceexpand>=0.1.7,<1" "ftfy>=6.1,<7" \
+        "lingua-language-detector>=2,<3" "datasketch>=1.6,<3" "pyyaml>=6,<7" "numpy>=1.24,<3" \
+        "protego>=0.3.1,<1"
 ENTRYPOINT ["/opt/apache/beam/boot"]

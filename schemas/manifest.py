@@ -2,7 +2,8 @@
 
 `manifest.json` is also a wids shard index: it carries `__kind__`/`wids_version` and a
 `shardlist` of `{"url", "nsamples"}` entries, so `wids.ShardListDataset("OUT/manifest.json")`
-and the trainer can count samples exactly without opening a tar.
+(the `wids` distribution; webdataset 1.x ships no `wids` module) reads it as an indexed dataset
+(tests/pipeline/test_wids.py) and the trainer counts samples exactly without opening a tar.
 
     manifest = Manifest.load("out/manifest.json")
     manifest.total_samples
