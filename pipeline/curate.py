@@ -19,7 +19,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipeline.captions import AnnotateCaptions
-from pipeline.decontaminate import FOUND_NAME
+from pipeline.decontaminate import FOUND_NAME, refusal
 from pipeline.dedupe import DedupeUrls, ResolveChains
 from pipeline.download import DownloadImages
 from pipeline.images import DecodeResize
@@ -248,7 +248,13 @@ def run(argv: list[str]) -> Stats:
         cfg.output,
         options.view_as(StandardOptions).runner,
     )
-    p.run().wait_until_finish()
+    try:
+        p.run().wait_until_finish()
+    except Exception:
+        refused = refusal(cfg.output)  # too little of the evaluation set could be read
+        if refused is None:
+            raise
+        raise InputError(refused) from None
 
     with FileSystems.open(join_path(cfg.output, STATS_NAME)) as f:
         stats = Stats.from_json(f.read().decode("utf-8"))

@@ -33,7 +33,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from pipeline.captions import AnnotateCaptions, CaptionConfig
 from pipeline.curate import REJECTS_DIR, check_flags, job_main, summary_line
-from pipeline.decontaminate import FOUND_NAME
+from pipeline.decontaminate import FOUND_NAME, refusal
 from pipeline.dedupe import ResolveChains
 from pipeline.options import CurateOptions
 from pipeline.paths import join_path
@@ -368,7 +368,13 @@ def run(argv: list[str]) -> Stats:
     p = beam.Pipeline(options=options)
     build(p, replace(cfg, output=cfg.output.rstrip("/")), source, scorer, record)
     logger.info("selecting %s -> %s", source.path, cfg.output)
-    p.run().wait_until_finish()
+    try:
+        p.run().wait_until_finish()
+    except Exception:
+        refused = refusal(cfg.output)  # too little of the evaluation set could be read
+        if refused is None:
+            raise
+        raise InputError(refused) from None
     with FileSystems.open(join_path(cfg.output, STATS_NAME)) as f:
         stats = Stats.from_json(f.read().decode("utf-8"))
     stats.check()
