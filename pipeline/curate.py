@@ -53,15 +53,17 @@ _PORTABLE_RUNNERS = ("flinkrunner", "sparkrunner", "portablerunner", "prismrunne
 
 def read_and_fetch(p: beam.Pipeline, cfg: CurateConfig) -> dict:
     """-> {"images": decoded rows (ok with `_image`, or not ok), "url_duplicates", "invalid",
-    "input_count"}: the source half of the job, logged to the staging area on the way."""
+    "input_count", "warnings"}: the source half of the job, logged to the staging area on the way."""
     extra = cfg.read.extra_fields
     if cfg.read.input_format == "webdataset":
         # Existing shards: no download; keys come from the source shard and sample key.
         read = p | "ReadShards" >> ReadShards(ShardInput(cfg.read.input, cfg.read.extra_cols))
         url_duplicates = p | "NoUrlDuplicates" >> beam.Create([])
         fetched = read["rows"]
+        warnings = read["warnings"]
     else:
         read = p | "ReadPairs" >> ReadPairs(cfg.read)
+        warnings = p | "NoWarnings" >> beam.Create([])
         deduped = read["pairs"] | "DedupeUrls" >> DedupeUrls()
         url_duplicates = deduped["duplicates"]
         pairs = deduped["unique"]
@@ -86,6 +88,7 @@ def read_and_fetch(p: beam.Pipeline, cfg: CurateConfig) -> dict:
         "url_duplicates": url_duplicates,
         "invalid": read["invalid"],
         "input_count": read["input_count"],
+        "warnings": warnings,
     }
 
 
@@ -160,6 +163,7 @@ def build(
         "written": written["rows"],
         "input_count": source["input_count"],
         "shards": written["shards"],
+        "warnings": source["warnings"],
     }
     _ = stats_inputs | "WriteStats" >> WriteStats(cfg.output)
 
@@ -274,6 +278,9 @@ def summary_line(stats: Stats) -> str:
                 f"{r} {n}" for r, n in sorted(reasons.items(), key=lambda kv: -kv[1])
             )
             parts.append(f"{status} {sum(reasons.values())} ({detail})")
+    if stats.warnings:
+        detail = ", ".join(f"{r} {n}" for r, n in sorted(stats.warnings.items()))
+        parts.append(f"warnings {sum(stats.warnings.values())} ({detail})")
     return "; ".join(parts)
 
 

@@ -3,11 +3,14 @@ and plain OpenCLIP-style tars flow into the same decode, curation and sharding s
 without re-downloading.
 
     rows = p | "ReadShards" >> ReadShards(ShardInput("laion-folder/"))
-    rows["rows"], rows["invalid"], rows["input_count"]
+    rows["rows"], rows["invalid"], rows["input_count"], rows["warnings"]
 
 `input` may be a folder (its `*.tar`, or `shards/*.tar` of a webpairs output), a
 `manifest.json`, a brace pattern (`data/{00000..00099}.tar`) or a glob. A sample's key is
 derived from its source shard and key, so it is stable for the life of the dataset.
+
+A sample whose `KEY.json` is not a JSON object keeps its image and caption (what training needs)
+and loses its url and extra columns; each is counted as a `bad_json` warning in stats.json.
 """
 
 from __future__ import annotations
@@ -78,23 +81,40 @@ def _tar_members(path: str):
         for member in tar:
             if member.isfile():
                 yield member.name, tar.extractfile(member).read()
+        end, plain = tar.offset, getattr(tar.fileobj, "comptype", None) == "tar"
+    # tarfile ends quietly at a header it cannot read (cut off, or damaged) after the first one;
+    # only a zero block is a real end. (An uncompressed tar's offsets are file offsets.)
+    if plain:
+        with FileSystems.open(path) as f:
+            f.seek(end)
+            if f.read(tarfile.BLOCKSIZE) != bytes(tarfile.BLOCKSIZE):
+                raise tarfile.ReadError(
+                    f"no end-of-archive marker at byte {end}: cut off or damaged"
+                )
 
 
 def _as_text(value) -> str | None:
     return value if value is None or isinstance(value, str) else json.dumps(value, sort_keys=True)
 
 
-def sample_to_row(sample: dict, shard: str, extra_cols: tuple[str, ...]) -> dict:
-    """A source sample -> an ok result row with its image in `_data`, or a failed/invalid row."""
+def sample_meta(sample: dict) -> tuple[dict, str | None]:
+    """A sample's `KEY.json` -> (its object, None); ({}, Reason.BAD_JSON) when it is not a JSON
+    object; ({}, None) when the sample has none."""
+    if "json" not in sample:
+        return {}, None
+    try:
+        meta = json.loads(sample["json"].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return {}, Reason.BAD_JSON
+    return (meta, None) if isinstance(meta, dict) else ({}, Reason.BAD_JSON)
+
+
+def sample_to_row(sample: dict, shard: str, extra_cols: tuple[str, ...]) -> tuple[dict, str | None]:
+    """A source sample -> (an ok result row with its image in `_data`, or a failed/invalid row;
+    a warning's reason when a problem did not decide the row's outcome, else None)."""
     shard_name = shard.rsplit("/", 1)[-1].rsplit(".", 1)[0]
     source_key = f"{shard_name}/{sample['__key__'].rsplit('/', 1)[-1]}"
-    meta = {}
-    if "json" in sample:
-        try:
-            meta = json.loads(sample["json"].decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            meta = {}
-        meta = meta if isinstance(meta, dict) else {}
+    meta, warning = sample_meta(sample)
     caption = (
         sample["txt"].decode("utf-8", errors="replace") if "txt" in sample else meta.get("caption")
     )
@@ -106,12 +126,13 @@ def sample_to_row(sample: dict, shard: str, extra_cols: tuple[str, ...]) -> dict
     }
     image_ext = next((e for e in sample if e.split(".")[-1] in IMAGE_EXTENSIONS), None)
     if image_ext is None:
-        return result_row(
+        row = result_row(
             pair,
             Status.INVALID,
             reason=Reason.MISSING_IMAGE,
             error=f"sample {source_key} has no image member",
         )
+        return row, warning
     data = sample[image_ext]
     mime = sniff_mime(data)
     row = result_row(
@@ -123,9 +144,9 @@ def sample_to_row(sample: dict, shard: str, extra_cols: tuple[str, ...]) -> dict
             reason=Reason.NOT_IMAGE,
             error=f"{source_key}.{image_ext} is not an image",
         )
-        return row
+        return row, warning
     row["_data"] = data
-    return row
+    return row, warning
 
 
 class _ReadTarFn(beam.DoFn):
@@ -133,12 +154,18 @@ class _ReadTarFn(beam.DoFn):
         self.cfg = cfg
         self.samples = Metrics.counter("read_shards", "samples")
         self.corrupt = Metrics.counter("read_shards", "corrupt_shards")
+        self.bad_json = Metrics.counter("read_shards", Reason.BAD_JSON)
 
     def process(self, path):
         try:
             for sample in group_members(_tar_members(path)):
                 self.samples.inc()
-                yield sample_to_row(sample, path, self.cfg.extra_cols)
+                row, warning = sample_to_row(sample, path, self.cfg.extra_cols)
+                if warning == Reason.BAD_JSON:
+                    self.bad_json.inc()
+                if warning:
+                    yield beam.pvalue.TaggedOutput("warnings", warning)
+                yield row
         except (tarfile.TarError, OSError, EOFError) as e:
             # What was read before the damage is kept; the rest of the shard is one counted row.
             self.corrupt.inc()
@@ -157,7 +184,8 @@ class _ReadTarFn(beam.DoFn):
 
 
 class ReadShards(beam.PTransform):
-    """Tars -> {"rows": ok rows with `_data` (and failed ones), "invalid", "input_count"}."""
+    """Tars -> {"rows": ok rows with `_data` (and failed ones), "invalid", "input_count",
+    "warnings": one reason per problem that did not decide a row's outcome}."""
 
     def __init__(self, cfg: ShardInput):
         super().__init__()
@@ -165,13 +193,19 @@ class ReadShards(beam.PTransform):
         self.files = list_tars(cfg.input)
 
     def expand(self, pbegin):
-        rows = (
+        read = (
             pbegin
             | "TarFiles" >> beam.Create(self.files)
             | "Spread" >> beam.Reshuffle()
-            | "ReadTar" >> beam.ParDo(_ReadTarFn(self.cfg))
+            | "ReadTar" >> beam.ParDo(_ReadTarFn(self.cfg)).with_outputs("warnings", main="rows")
         )
+        rows, warnings = read.rows, read.warnings
         count = rows | "CountInput" >> beam.combiners.Count.Globally()
         ok_or_failed = rows | "Readable" >> beam.Filter(lambda r: r["status"] != Status.INVALID)
         invalid = rows | "Unreadable" >> beam.Filter(lambda r: r["status"] == Status.INVALID)
-        return {"rows": ok_or_failed, "invalid": invalid, "input_count": count}
+        return {
+            "rows": ok_or_failed,
+            "invalid": invalid,
+            "input_count": count,
+            "warnings": warnings,
+        }

@@ -2,6 +2,9 @@
 
     stats = {"results": rows, "input_count": n, "shards": entries} | "WriteStats" >> WriteStats("out/")
 
+`warnings` (optional): one reason per problem noted on an input row that did not decide its
+outcome (Stats.warnings).
+
 The driver re-reads stats.json after the run and fails loudly unless
 input == written + Σfailed + Σfiltered + Σduplicate + Σinvalid.
 """
@@ -38,8 +41,14 @@ def build_stats(
     failed_by_domain: list,
     num_shards: int,
     distributions: dict | None = None,
+    warnings: dict | None = None,
 ) -> Stats:
-    stats = Stats(input=input_count, shards=num_shards, distributions=distributions or {})
+    stats = Stats(
+        input=input_count,
+        shards=num_shards,
+        distributions=distributions or {},
+        warnings=dict(sorted((warnings or {}).items())),
+    )
     for (status, reason), n in sorted(outcomes.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
         if status == Status.OK:
             stats.written += n
@@ -52,8 +61,12 @@ def build_stats(
     return stats
 
 
-def _write_stats(outcomes, input_count, failed_by_domain, shard_count, distributions, output):
-    stats = build_stats(outcomes, input_count, failed_by_domain, shard_count, distributions)
+def _write_stats(
+    outcomes, input_count, failed_by_domain, shard_count, distributions, warnings, output
+):
+    stats = build_stats(
+        outcomes, input_count, failed_by_domain, shard_count, distributions, warnings
+    )
     path = join_path(output, STATS_NAME)
     with FileSystems.create(path) as f:
         f.write(stats.to_json().encode("utf-8"))
@@ -65,7 +78,7 @@ def _domain_total(kv) -> tuple:
 
 
 class WriteStats(beam.PTransform):
-    """{"results", "written", "input_count", "shards"} -> OUTPUT/stats.json."""
+    """{"results", "written", "input_count", "shards"[, "warnings"]} -> OUTPUT/stats.json."""
 
     def __init__(self, output: str, top_domains: int = TOP_DOMAINS):
         super().__init__()
@@ -89,12 +102,17 @@ class WriteStats(beam.PTransform):
             "written": pcolls["written"],
             "results": results,
         } | "Distributions" >> Distributions()
+        warnings = pcolls.get("warnings")
+        if warnings is None:
+            warnings = results.pipeline | "NoWarnings" >> beam.Create([])
+        warning_counts = warnings | "CountWarnings" >> beam.CombineGlobally(CounterCombineFn())
         return outcomes | "WriteStatsFile" >> beam.Map(
             _write_stats,
             input_count=beam.pvalue.AsSingleton(pcolls["input_count"]),
             failed_by_domain=beam.pvalue.AsSingleton(failed_by_domain),
             shard_count=beam.pvalue.AsSingleton(shard_count),
             distributions=beam.pvalue.AsSingleton(distributions),
+            warnings=beam.pvalue.AsSingleton(warning_counts),
             output=self.output,
         )
 

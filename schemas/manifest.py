@@ -19,8 +19,8 @@ from schemas.records import Status
 
 MANIFEST_VERSION = 2
 READABLE_MANIFEST_VERSIONS = (1, 2)  # 2 added `scorer`
-STATS_VERSION = 2
-READABLE_STATS_VERSIONS = (1, 2)  # 2 added `distributions`
+STATS_VERSION = 3
+READABLE_STATS_VERSIONS = (1, 2, 3)  # 2 added `distributions`, 3 `warnings`
 MANIFEST_KIND = "webpairs-manifest"
 WIDS_KIND = "wids-shard-index-v1"
 
@@ -132,6 +132,9 @@ class Stats:
     distributions: dict[str, dict[str, int]] = field(
         default_factory=dict
     )  # histogram name -> bucket -> count
+    # problems noted on input rows that did not decide their outcome, by reason (Reason.BAD_JSON:
+    # a sample's KEY.json was unreadable; its image and caption went on). Outside the invariant.
+    warnings: dict[str, int] = field(default_factory=dict)
     version: int = STATS_VERSION
 
     def outcomes(self) -> int:

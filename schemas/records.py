@@ -35,6 +35,8 @@ class Reason:
     MALFORMED_ROW = "malformed_row"
     CORRUPT_SHARD = "corrupt_shard"  # an input tar that cannot be read (past this point)
     MISSING_IMAGE = "missing_image"  # an input sample without an image member
+    # problems an input row went on despite (Stats.warnings), not outcomes
+    BAD_JSON = "bad_json"  # an input sample's KEY.json is not a JSON object: url, extras unknown
     # download failures
     DNS = "dns"
     CONNECT = "connect"

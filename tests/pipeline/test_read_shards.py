@@ -1,6 +1,7 @@
 """Curating datasets users already hold: img2dataset folders, plain tars, our own outputs."""
 
 import json
+import tarfile
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -155,3 +156,46 @@ def test_non_image_member_is_counted(tmp_path, payload):
         and stats.invalid == {"missing_image": 1}
         and stats.written == 0
     )
+
+
+def test_sample_with_corrupt_json_is_kept_and_counted(photos, tmp_path):
+    jpg = encode(photos["chelsea"].convert("RGB").resize((96, 80)), "JPEG", quality=85)
+    with wds.TarWriter(str(tmp_path / "00000.tar")) as sink:
+        sink.write({"__key__": "a", "jpg": jpg, "txt": "a cat", "json": b'{"url": "http://x/a"}'})
+        sink.write({"__key__": "b", "jpg": jpg, "txt": "the same cat", "json": b'{"url": "http:'})
+        sink.write({"__key__": "c", "jpg": jpg, "txt": "a list", "json": b"[1, 2]"})
+    out = tmp_path / "out"
+    args = ["--input", str(tmp_path / "00000.tar"), "--output", str(out), "--recipe", "none"]
+    assert main(args) == 0
+    stats = Stats.from_json((out / "stats.json").read_text())
+    stats.check()
+    assert stats.written == 3 and stats.warnings == {"bad_json": 2}
+    rows = pq.read_table(next((out / "shards").glob("*.parquet"))).to_pylist()
+    assert {r["caption"]: r["url"] for r in rows} == {
+        "a cat": "http://x/a",
+        "the same cat": None,
+        "a list": None,
+    }
+
+
+@pytest.mark.parametrize("damage", ["cut at a header", "cut inside a header", "garbled header"])
+def test_shard_damaged_at_a_member_header_is_counted(photos, tmp_path, damage):
+    jpg = encode(photos["coffee"].convert("RGB").resize((96, 80)), "JPEG", quality=85)
+    with wds.TarWriter(str(tmp_path / "whole.tar")) as sink:
+        for key in ("a", "b", "c"):
+            sink.write({"__key__": key, "jpg": jpg, "txt": f"coffee {key}"})
+    whole = (tmp_path / "whole.tar").read_bytes()
+    with tarfile.open(tmp_path / "whole.tar") as tar:
+        at = tar.getmember("c.jpg").offset  # tarfile took each of these for a whole, shorter tar
+    damaged = {
+        "cut at a header": whole[:at],
+        "cut inside a header": whole[: at + 100],
+        "garbled header": whole[:at] + b"\x07" * 512 + whole[at + 512 :],
+    }[damage]
+    (tmp_path / "whole.tar").unlink()
+    (tmp_path / "00000.tar").write_bytes(damaged)
+    out = tmp_path / "out"
+    assert main(["--input", str(tmp_path / "00000.tar"), "--output", str(out)]) == 0
+    stats = Stats.from_json((out / "stats.json").read_text())
+    stats.check()  # b, whose members might go on past the damage, is part of the counted rest
+    assert stats.written == 1 and stats.invalid == {"corrupt_shard": 1}
