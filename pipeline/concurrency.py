@@ -23,9 +23,10 @@ class ThreadedMapFn(beam.DoFn):
 
     `fn` must handle its own failures (return a failed row); `setup_fn`, if given, is called
     once per DoFn instance in `setup()` and its result is passed as `fn(element, resource)`
-    (a connection pool, say). `bypass(element)` true means: emit the element unchanged.
-    Outputs are result rows; their status/reason are counted as Beam metrics of `stage`
-    (in the bundle thread: Beam's metric containers are thread-local).
+    (a connection pool, say); `teardown()` calls the resource's `close()` if it has one.
+    `bypass(element)` true means: emit the element unchanged. Outputs are result rows; their
+    status/reason are counted as Beam metrics of `stage` (in the bundle thread: Beam's metric
+    containers are thread-local).
     """
 
     def __init__(
@@ -95,8 +96,6 @@ class ThreadedMapFn(beam.DoFn):
         pool = getattr(self, "_pool", None)
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
-        closer = (
-            getattr(self._resource, "clear", None) if getattr(self, "_resource", None) else None
-        )
-        if closer:
-            closer()
+        close = getattr(getattr(self, "_resource", None), "close", None)
+        if close is not None:  # a Crawler's connection pools and resolver threads
+            close()

@@ -67,16 +67,17 @@ class DownloadConfig:
 
 class Crawler:
     """What one worker's download threads share: connection pools, the DNS cache, per-host
-    politeness and the robots.txt cache. Built in DoFn.setup(), never pickled."""
+    politeness and the robots.txt cache. Built in DoFn.setup(), never pickled; close() in
+    DoFn.teardown(). `resolver` replaces the system's (getaddrinfo) one."""
 
-    def __init__(self, cfg: DownloadConfig):
+    def __init__(self, cfg: DownloadConfig, resolver: Resolver | None = None):
         self.cfg = cfg
         # Many hosts; up to one kept-alive connection per thread per host; never blocks on the pool.
         self.http = urllib3.PoolManager(
             num_pools=512, maxsize=cfg.threads, block=False, retries=False
         )
         self.http.pool_classes_by_scheme = DEADLINE_POOL_CLASSES  # headers under the deadline
-        self.resolver = Resolver(timeout=cfg.dns_timeout, ttl=cfg.dns_ttl)
+        self.resolver = resolver or Resolver(timeout=cfg.dns_timeout, ttl=cfg.dns_ttl)
         self.hosts = HostPolicy(
             cfg.per_host, cfg.host_interval, cfg.breaker_failures, cfg.breaker_cooldown
         )
@@ -84,7 +85,12 @@ class Crawler:
         self.opt_out = frozenset(d.lower().strip(".") for d in cfg.opt_out_domains)
 
     def close(self) -> None:
-        self.http.clear()
+        keys = self.http.pools.keys()  # noqa: SIM118 - the container refuses plain iteration
+        pools = [self.http.pools.get(key) for key in keys]
+        self.http.clear()  # forgets the pools; closing their kept-alive sockets is up to us
+        for pool in pools:
+            if pool is not None:
+                pool.close()
         self.resolver.close()
 
 
@@ -187,6 +193,13 @@ def fetch_row(pair: dict, crawler: Crawler, cfg: DownloadConfig) -> dict:
     return row
 
 
+def fetch_images_fn(cfg: DownloadConfig) -> ThreadedMapFn:
+    """DownloadImages' DoFn: fetch_row on `cfg.threads` threads sharing one Crawler."""
+    return ThreadedMapFn(
+        partial(fetch_row, cfg=cfg), cfg.threads, setup_fn=partial(Crawler, cfg), stage="download"
+    )
+
+
 def host_bucket(pair: dict, buckets: int) -> tuple[str, int]:
     """(host, sub-bucket): a host's URLs go to at most `buckets` groups, hence few workers."""
     host = (urlsplit(pair["url"].strip()).hostname or "").lower()
@@ -207,12 +220,6 @@ class DownloadImages(beam.PTransform):
 
     def expand(self, pairs):
         cfg = self.cfg
-        fn = ThreadedMapFn(
-            partial(fetch_row, cfg=cfg),
-            cfg.threads,
-            setup_fn=partial(Crawler, cfg),
-            stage="download",
-        )
         if cfg.host_buckets:
             pairs = (
                 pairs
@@ -220,4 +227,4 @@ class DownloadImages(beam.PTransform):
                 | "GroupByHost" >> beam.GroupByKey()
                 | "Ungroup" >> beam.FlatMap(lambda kv: kv[1])
             )
-        return pairs | "Fetch" >> beam.ParDo(fn)
+        return pairs | "Fetch" >> beam.ParDo(fetch_images_fn(cfg))

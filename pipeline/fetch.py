@@ -1,7 +1,8 @@
-"""One HTTP request for the crawler: a connection pinned to the address the SSRF guard checked,
-redirects followed by hand, a total deadline a trickling server cannot extend, a byte cap
-enforced while streaming (also through gzip), and X-Robots-Tag opt-outs. No retries and no
-politeness here: pipeline/download.py adds those.
+"""One HTTP request for the crawler: a connection pinned to the address the SSRF guard checked
+(the name's next address when connecting fails), redirects followed by hand, a total deadline
+a trickling server cannot extend, a byte cap enforced while streaming (also through gzip), and
+X-Robots-Tag opt-outs. Errors of the network become a reason; errors of our code propagate.
+No retries and no politeness here: pipeline/download.py adds those.
 
     got = fetch_once("https://example.com/a.jpg", DownloadConfig(), Crawler(DownloadConfig()))
     got.ok, got.reason, got.data
@@ -10,6 +11,7 @@ politeness here: pipeline/download.py adds those.
 from __future__ import annotations
 
 import email.utils
+import http.client
 import socket
 import ssl
 import threading
@@ -24,6 +26,7 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import (
     ConnectTimeoutError,
+    HTTPError,
     LocationParseError,
     MaxRetryError,
     NameResolutionError,
@@ -32,7 +35,7 @@ from urllib3.exceptions import (
     SSLError,
 )
 
-from pipeline.netsafety import BlockedAddress, DnsError, check_address
+from pipeline.netsafety import BlockedAddress, DnsError, check_address, is_ip_literal
 from schemas import Reason
 
 if TYPE_CHECKING:
@@ -40,6 +43,10 @@ if TYPE_CHECKING:
 
 _REDIRECTS = (301, 302, 303, 307, 308)
 _CHUNK = 64 * 1024
+# What a server, a network or a resolver can make a request fail with: classified into a reason.
+# (Bad data from a server -- a Location, a header, a body -- becomes a _Failure where it is read.)
+# Anything else is a bug in our code and propagates, failing the job with its traceback.
+_NETWORK_ERRORS = (OSError, HTTPError, http.client.HTTPException, BlockedAddress)
 
 
 @dataclass
@@ -161,13 +168,12 @@ def _retry_after_seconds(value: str | None) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # not '²', which is a digit that float() refuses
         return float(value)
     try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError, OverflowError):
         return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 def _classify(exc: BaseException) -> tuple[str, str]:
@@ -215,37 +221,85 @@ def _read_body(resp, cfg: DownloadConfig, deadline_at: float, max_bytes: int) ->
         chunk = resp.read1(_CHUNK, decode_content=False)
         if not chunk:
             break
-        if inflater is not None:
-            # Bounded inflation: a small compressed body cannot expand past the byte cap.
-            chunk = inflater.decompress(chunk, max_bytes + 1 - size)
-            if inflater.unconsumed_tail:
-                raise _Failure(Reason.TOO_LARGE, f"body inflates past {max_bytes} bytes")
-        size += len(chunk)
-        if size > max_bytes:
-            raise _Failure(Reason.TOO_LARGE, f"body exceeds {max_bytes} bytes")
-        parts.append(chunk)
+        for piece in _inflate(inflater, chunk, encoding) if inflater else (chunk,):
+            size += len(piece)
+            if size > max_bytes:  # at most max_bytes and one piece were ever held
+                verb = "inflates" if inflater else "exceeds"
+                raise _Failure(Reason.TOO_LARGE, f"body {verb} past {max_bytes} bytes")
+            parts.append(piece)
     return b"".join(parts)
 
 
+def _inflate(inflater, data: bytes, encoding: str):
+    """The inflated bytes of `data`, _CHUNK at a time: 64 KiB of gzip may hold 64 MiB."""
+    while True:
+        try:
+            piece = inflater.decompress(data, _CHUNK)
+        except zlib.error as e:
+            raise _Failure(Reason.NETWORK, f"corrupt {encoding} body: {e}") from None
+        yield piece
+        data = inflater.unconsumed_tail
+        if not data and len(piece) < _CHUNK:  # a full piece may leave output pending in zlib
+            return
+
+
+@dataclass(frozen=True)
+class _Target:
+    scheme: str
+    host: str  # ASCII: an IDN in its IDNA form, an IPv6 literal without brackets
+    port: int
+    path: str  # path and query, what the request line asks for
+    host_header: str
+
+
+def _target(url: str) -> _Target:
+    """Where a URL points; a _Failure (unparsable_url) for one no request can be made to."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+        host = parts.hostname or ""
+        if not host:
+            raise ValueError("no host")
+        if not is_ip_literal(host):
+            host = host.encode("idna").decode("ascii")  # UnicodeError: an empty or long label
+    except ValueError as e:
+        raise _Failure(Reason.UNPARSABLE_URL, f"{e}: {url[:200]}") from None
+    default_port = 443 if parts.scheme == "https" else 80
+    host_header = f"[{host}]" if ":" in host else host
+    if port and port != default_port:
+        host_header += f":{port}"
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return _Target(parts.scheme, host, port or default_port, path, host_header)
+
+
 def _open(url: str, crawler: Crawler, headers: dict, timeout: urllib3.Timeout):
-    """One request to the address we checked (pinned), with Host and SNI of the URL's host."""
+    """One request to an address we checked (pinned: the name is never resolved again), with
+    Host and SNI of the URL's host. The name's addresses are tried in order while connecting
+    fails: nothing was sent to one that refused or timed out."""
     cfg = crawler.cfg
-    parts = urlsplit(url)
-    host, scheme = parts.hostname or "", parts.scheme
-    port = parts.port or (443 if scheme == "https" else 80)
-    ips = crawler.resolver.resolve(host)
+    target = _target(url)
+    ips = crawler.resolver.resolve(target.host)
     for ip in ips:  # every address a name has, so a mixed answer cannot smuggle one in
         check_address(ip, cfg.allow_private_networks, cfg.allow_networks)
-    pool_kwargs = {"assert_hostname": host, "server_hostname": host} if scheme == "https" else {}
-    pool = crawler.http.connection_from_host(ips[0], port, scheme, pool_kwargs=pool_kwargs)
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    host_header = f"[{host}]" if ":" in host else host
-    if parts.port and parts.port != (443 if scheme == "https" else 80):
-        host_header += f":{parts.port}"
+    for ip in ips[:-1]:
+        try:
+            return _request(ip, target, crawler, headers, timeout)
+        except ConnectTimeoutError:  # NewConnectionError too: refused, unreachable, timed out
+            if _DEADLINE.at is not None and time.monotonic() >= _DEADLINE.at:
+                raise
+    return _request(ips[-1], target, crawler, headers, timeout)
+
+
+def _request(ip: str, target: _Target, crawler: Crawler, headers: dict, timeout: urllib3.Timeout):
+    cfg = crawler.cfg
+    tls = {"assert_hostname": target.host, "server_hostname": target.host}
+    pool = crawler.http.connection_from_host(
+        ip, target.port, target.scheme, pool_kwargs=tls if target.scheme == "https" else {}
+    )
     resp = pool.urlopen(
         "GET",
-        target,
-        headers={**headers, "Host": host_header},
+        target.path,
+        headers={**headers, "Host": target.host_header},
         redirect=False,
         retries=False,
         preload_content=False,
@@ -293,8 +347,14 @@ def fetch_once(
             resp = None
             if not location:
                 raise _Failure(Reason.http(0), "redirect without a Location header")
-            current = urljoin(current, location)
-            if urlsplit(current).scheme not in ("http", "https"):
+            try:
+                current = urljoin(current, location)
+                scheme = urlsplit(current).scheme
+            except ValueError as e:
+                raise _Failure(
+                    Reason.UNPARSABLE_URL, f"redirect to {location[:200]!r}: {e}"
+                ) from None
+            if scheme not in ("http", "https"):
                 raise _Failure(Reason.BAD_SCHEME, f"redirect to a non-http(s) URL: {current[:200]}")
         else:
             raise _Failure(Reason.TOO_MANY_REDIRECTS, f"more than {cfg.max_redirects} redirects")
@@ -313,8 +373,8 @@ def fetch_once(
         if directive:
             raise _Failure(Reason.OPTED_OUT, f"X-Robots-Tag: {directive}", status)
         limit = max_bytes or cfg.max_bytes
-        length = resp.headers.get("Content-Length")
-        if length and length.strip().isdigit() and int(length) > limit:
+        length = (resp.headers.get("Content-Length") or "").strip()
+        if length.isascii() and length.isdigit() and int(length) > limit:
             raise _Failure(
                 Reason.TOO_LARGE, f"Content-Length {length} exceeds {limit} bytes", status
             )
@@ -328,7 +388,7 @@ def fetch_once(
         return Fetched(
             False, f.reason, str(f), f.http_status, final_url=current, retry_after=f.retry_after
         )
-    except Exception as e:  # urllib3/socket/ssl/DNS errors, classified
+    except _NETWORK_ERRORS as e:  # classified; anything else is a bug and propagates
         reason, detail = _classify(e)
         if time.monotonic() >= deadline_at and reason in (Reason.TIMEOUT, Reason.NETWORK):
             reason = Reason.DEADLINE  # the timer cut the connection, or the last read ran out

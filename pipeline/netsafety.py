@@ -5,6 +5,7 @@ so DNS rebinding cannot sneak past it.
 
     resolver = Resolver(timeout=5, ttl=300)
     ips = resolver.resolve("example.com")          # cached; raises DnsError
+    Resolver(lookup=lambda host: ["127.0.0.1"])    # another source of answers (tests, a DNS client)
     blocked_reason(ipaddress.ip_address("10.0.0.1"))  # -> 'private'
 """
 
@@ -14,6 +15,7 @@ import ipaddress
 import socket
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 
@@ -59,9 +61,22 @@ def is_ip_literal(host: str) -> bool:
         return False
 
 
+def system_lookup(host: str) -> list[str]:
+    """The host's addresses from getaddrinfo (the system's resolver), in its preference order."""
+    infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    seen = []
+    for family, *_, sockaddr in infos:
+        ip = sockaddr[0]
+        if ip not in seen and family in (socket.AF_INET, socket.AF_INET6):
+            seen.append(ip)
+    return seen
+
+
 class Resolver:
-    """getaddrinfo with a timeout and a TTL cache (positive and negative), shared by a worker's
-    threads; needs no root and no local resolver daemon. Lookups of one host are single-flight."""
+    """`lookup` (getaddrinfo by default) with a timeout and a TTL cache (positive and negative),
+    shared by a worker's threads; needs no root and no local resolver daemon. Lookups of one
+    host are single-flight. `lookup(host) -> [ip, ...]` raises socket.gaierror for a name that
+    does not resolve."""
 
     def __init__(
         self,
@@ -69,21 +84,14 @@ class Resolver:
         ttl: float = 300.0,
         negative_ttl: float = 60.0,
         threads: int = 16,
+        lookup: Callable[[str], list[str]] = system_lookup,
     ):
         self.timeout, self.ttl, self.negative_ttl = timeout, ttl, negative_ttl
+        self.lookup = lookup
         self._cache: dict[str, tuple[float, list[str] | DnsError]] = {}
         self._lock = threading.Lock()
         self._inflight: dict[str, threading.Event] = {}
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="dns")
-
-    def _lookup(self, host: str) -> list[str]:
-        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
-        seen = []
-        for family, *_, sockaddr in infos:
-            ip = sockaddr[0]
-            if ip not in seen and family in (socket.AF_INET, socket.AF_INET6):
-                seen.append(ip)
-        return seen
 
     def resolve(self, host: str) -> list[str]:
         if is_ip_literal(host):
@@ -102,7 +110,7 @@ class Resolver:
             event.wait(self.timeout + 1)
         try:
             try:
-                ips = self._pool.submit(self._lookup, host).result(timeout=self.timeout)
+                ips = self._pool.submit(self.lookup, host).result(timeout=self.timeout)
                 if not ips:
                     raise DnsError(f"{host}: no address")
                 entry: tuple[float, list[str] | DnsError] = (time.monotonic() + self.ttl, ips)
@@ -116,6 +124,8 @@ class Resolver:
                     time.monotonic() + self.negative_ttl,
                     DnsError(f"{host}: {e.strerror or e}"),
                 )
+            except UnicodeError as e:  # getaddrinfo's IDNA step: an empty or 64+ byte label
+                entry = (time.monotonic() + self.negative_ttl, DnsError(f"{host}: {e}"))
             with self._lock:
                 self._cache[host] = entry
             if isinstance(entry[1], DnsError):

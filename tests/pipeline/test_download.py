@@ -4,9 +4,12 @@ import socket
 import time
 
 import pytest
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.timestamp import MIN_TIMESTAMP
 
-from pipeline.download import Crawler, DownloadConfig, fetch, fetch_row
+from pipeline.download import Crawler, DownloadConfig, fetch, fetch_images_fn, fetch_row
 from pipeline.fetch import opted_out
+from pipeline.netsafety import Resolver
 
 CFG = DownloadConfig(
     allow_private_networks=True,
@@ -148,3 +151,30 @@ def test_waiting_for_our_own_per_host_turn_never_trips_the_hosts_breaker(site, w
     assert sum(g.reason == "timeout" and "no turn" in g.error for g in got) >= 2
     time.sleep(0.5)
     assert fetch(site.url(image), cfg, crawler).ok  # the breaker stayed closed
+
+
+def test_a_bug_in_our_code_fails_the_job_instead_of_becoming_a_network_failure(site):
+    def lookup(host):  # a resolver hook with a bug: getaddrinfo needs a port
+        return socket.getaddrinfo(host)
+
+    crawler = Crawler(CFG, Resolver(lookup=lookup))
+    pair = {"url": f"http://bug.test:{site.url('').rsplit(':', 1)[1]}/a.jpg", "caption": "c"}
+    with pytest.raises(TypeError, match="port"):
+        fetch_row({**pair, "key": "k"}, crawler, CFG)
+
+
+def test_teardown_closes_the_crawlers_connections_and_resolver(site):
+    fn = fetch_images_fn(CFG)  # the DoFn DownloadImages runs, through its lifecycle
+    fn.setup()
+    fn.start_bundle()
+    pair = {"url": site.url("/img/coffee.jpg"), "caption": "c", "key": "k"}
+    out = [*fn.process(pair, GlobalWindow(), MIN_TIMESTAMP), *fn.finish_bundle()]
+    assert [o.value["status"] for o in out] == ["ok"]
+    crawler = fn._resource
+    port = int(site.url("").rsplit(":", 1)[1])
+    pool = crawler.http.connection_from_host("127.0.0.1", port, "http")  # the one it used
+    assert len(crawler.http.pools) == 1 and pool.num_connections == 1
+    fn.teardown()
+    assert len(crawler.http.pools) == 0 and pool.pool is None  # its kept-alive socket closed
+    with pytest.raises(RuntimeError, match="shutdown"):  # the resolver's threads are gone
+        crawler.resolver.resolve("localhost")
