@@ -114,7 +114,8 @@ digits within the perceptual-hash threshold match too, which costs a few trainin
 The whole demo took {seconds / 60:.1f} minutes.</p>
 <h2>Funnel</h2><table><tr><th>status</th><th>reason</th><th>rows</th></tr>{funnel}</table>
 <p><a href="dataset/report.html">Full curation report</a> &middot; <a href="dataset/manifest.json">manifest</a>
-&middot; <a href="dataset/decontamination.json">decontamination</a> &middot; <a href="zeroshot.json">zero-shot results</a></p>
+&middot; <a href="dataset/decontamination.json">decontamination</a> &middot; <a href="zeroshot.json">zero-shot results</a>
+&middot; <a href="demo.json">the figures and settings</a></p>
 <h2>Training</h2><img src="training_curve.png" alt="training curve">
 <h2>Zero-shot confusion</h2><img src="confusion.png" alt="confusion matrix">
 </body></html>
