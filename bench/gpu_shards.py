@@ -15,7 +15,7 @@ from sklearn.datasets import load_digits
 
 out = Path(sys.argv[1])
 out.mkdir(parents=True, exist_ok=True)
-names = "zero one two three four five six seven eight nine".split()
+names = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 d = load_digits()
 for s in range(4):
     with tarfile.open(out / f"{s:05d}.tar", "w") as tar:
