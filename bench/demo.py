@@ -202,15 +202,13 @@ def tiny_digits(args) -> None:
         )
 
 
-def choose(rows: list[dict]) -> tuple[tuple[int, float, int], dict]:
-    """-> (setting chosen, {(steps, lr, eval_every): (mean, standard error, runs)}) from
-    validation runs: of the settings whose mean is within one standard error of the best mean, the
-    fewest steps (the quickest demo), then the higher mean. The evaluation cadence is part of the
-    setting: the trainer's in-training evaluation perturbs the run (bench/RESULTS-demo.md)."""
-    by_setting: dict[tuple[int, float, int], list[float]] = {}
+def choose(rows: list[dict]) -> tuple[tuple[int, float], dict]:
+    """-> ((steps, lr) chosen, {(steps, lr): (mean, standard error, runs)}) from validation runs:
+    of the settings whose mean is within one standard error of the best mean, the fewest steps
+    (the quickest demo), then the higher mean."""
+    by_setting: dict[tuple[int, float], list[float]] = {}
     for r in rows:
-        setting = (r["steps"], r["lr"], r["eval_every"])
-        by_setting.setdefault(setting, []).append(r["val_zeroshot_top1"])
+        by_setting.setdefault((r["steps"], r["lr"]), []).append(r["val_zeroshot_top1"])
     table = {}
     for setting, values in sorted(by_setting.items()):
         mean = statistics.fmean(values)
@@ -226,37 +224,28 @@ def report(args) -> None:
     rows = [json.loads(line) for line in RESULTS.read_text().splitlines()]
     for digits in sorted({r["digits"] for r in rows if r["kind"] == "select"}):
         sel = [r for r in rows if r["kind"] == "select" and r["digits"] == digits]
-        seeds = sorted({r["seed"] for r in sel})
         print(f"\nselect, {digits} digits: validation zero-shot top-1")
-        print(
-            "| steps | lr | eval every | "
-            + " | ".join(f"seed {s}" for s in seeds)
-            + " | mean ± se |\n|"
-            + "---|" * (len(seeds) + 4)
-        )
+        print("| steps | lr | runs (seed: top-1) | mean ± se |\n|---|---|---|---|")
         chosen, table = choose(sel)
-        for setting, (mean, se, _) in table.items():
-            by_seed = {
-                r["seed"]: r["val_zeroshot_top1"]
+        for (steps, lr), (mean, se, _) in table.items():
+            runs = ", ".join(
+                f"{r['seed']}: {r['val_zeroshot_top1']:.3f}"
                 for r in sel
-                if (r["steps"], r["lr"], r["eval_every"]) == setting
-            }
-            cells = " | ".join(f"{by_seed[s]:.3f}" if s in by_seed else "" for s in seeds)
-            steps, lr, every = setting
-            print(f"| {steps} | {lr:g} | {every} | {cells} | {mean:.3f} ± {se:.3f} |")
+                if (r["steps"], r["lr"]) == (steps, lr)
+            )
+            print(f"| {steps} | {lr:g} | {runs} | {mean:.3f} ± {se:.3f} |")
         logreg = {r["seed"]: r["val_logreg_top1"] for r in sel}
-        print(
-            "| logistic regression | | | " + " | ".join(f"{logreg[s]:.3f}" for s in seeds) + " | |"
-        )
-        print(f"  chosen: {chosen[0]} steps, lr {chosen[1]:g} (evaluated every {chosen[2]})")
+        runs = ", ".join(f"{seed}: {top1:.3f}" for seed, top1 in sorted(logreg.items()))
+        print(f"| logistic regression | | {runs} | |")
+        print(f"  chosen: {chosen[0]} steps, lr {chosen[1]:g}")
         for r in sel:
             curve = ", ".join(f"{step}: {top1:.3f}" for step, top1 in r["val_curve"])
-            print(f"  curve seed {r['seed']}, {r['steps']} steps, lr {r['lr']:g}: {curve}")
+            print(f"  curve: seed {r['seed']}, {r['steps']} steps, lr {r['lr']:g}: {curve}")
     spreads = [r for r in rows if r["kind"] == "spread"]
     for key in sorted({(r["digits"], r["steps"]) for r in spreads}):
         runs = [r for r in spreads if (r["digits"], r["steps"]) == key]
         print(f"\nspread, {key[0]} digits, {key[1]} steps (held-out)")
-        print("| seed | zero-shot | logreg | difference | wall s |")
+        print("| seed | zero-shot | logreg | difference | wall s |\n|---|---|---|---|---|")
         for r in sorted(runs, key=lambda r: r["seed"]):
             diff = r["zeroshot_top1"] - r["logreg_top1"]
             print(
@@ -270,11 +259,18 @@ def report(args) -> None:
         print(
             "\ntiny model, 300 steps on digits 0-1199, top-1 on the 597 held-out digits 1200-1796"
         )
+        print("| seed | top-1 | loss, last 3 steps | s |\n|---|---|---|---|")
         for r in tiny:
             print(
                 f"| {r['seed']} | {r['heldout_top1']:.3f} | {r['end_loss']:.3f} | {r['seconds']} |"
             )
-        print(f"  min {min(r['heldout_top1'] for r in tiny):.3f}")
+        top1 = [r["heldout_top1"] for r in tiny]
+        print(
+            f"  min {min(top1):.3f}, mean {statistics.fmean(top1):.3f}, "
+            f"sd {statistics.stdev(top1):.3f}"
+            if len(top1) > 1
+            else ""
+        )
     for r in (r for r in rows if r["kind"] == "full"):
         print(f"\nfull: {r['command']} at {r['commit']} on {r['machine']} (load {r['load']:.2f})")
         print(f"  {r['wall_seconds']} s wall\n" + r["printed"])

@@ -1,6 +1,7 @@
-"""The demo end to end, smaller (600 digits, 300 steps): curation on the loopback server,
-training, zero-shot evaluation on the held-out digits, the pictures and the summary page; and the
-validation mode that chooses the demo's settings without the held-out digits."""
+"""The demo end to end, as `make demo` runs it: curation on the loopback server, training,
+zero-shot evaluation on the held-out digits against the logistic regression, the pictures and the
+summary page; and the validation mode that chooses the demo's settings without the held-out
+digits."""
 
 import json
 import re
@@ -30,11 +31,11 @@ def test_validation_mode_never_renders_the_held_out_digits(tmp_path):
     assert not (tmp_path / "heldout").exists()
 
 
-def test_demo_end_to_end_with_a_short_training(tmp_path, capsys):
-    assert (
-        main(["--output", str(tmp_path), "--digits", "600", "--steps", "300", "--batch-size", "64"])
-        == 0
-    )
+def test_demo_end_to_end_matches_the_logistic_regression(tmp_path, capsys):
+    # The demo's own scale and settings: its promise is made at this scale (at 600 digits
+    # zero-shot is 0.035 below the regression on average, bench/RESULTS-demo.md); training is
+    # 200 steps at any scale, so the whole demo costs ~13 CPU-s more than the old 600-digit run.
+    assert main(["--output", str(tmp_path)]) == 0
     stats = Stats.from_json((tmp_path / "dataset/stats.json").read_text())
     stats.check()
     assert stats.failed == {"decode": 1, "http_404": 8, "not_image": 1}
@@ -54,9 +55,16 @@ def test_demo_end_to_end_with_a_short_training(tmp_path, capsys):
     assert (
         zeroshot["results"]["zeroshot_images"]
         == sum(sum(row) for row in zeroshot["confusion"])
-        == 150
+        == 450
     )
-    assert zeroshot["results"]["top-1"] > 0.5  # chance is 0.1
+    figures = json.loads((tmp_path / "demo.json").read_text())
+    assert figures["zeroshot_top1"] == zeroshot["results"]["top-1"]
+    # The README's promise: zero-shot at or above a supervised logistic regression on the same
+    # pixels (~0.96). Over 5 seeds and 2 reruns of seed 0 (each run serves from another loopback
+    # port, so its sample keys and data order differ) zero-shot - regression was +0.020..+0.033
+    # (bench/RESULTS-demo.md); the 0.02 margin leaves 0.04 (18 of 450 digits) below the worst run
+    # for data orders and CPUs not measured. Chance is 0.1.
+    assert figures["zeroshot_top1"] >= figures["logreg_top1"] - 0.02, figures
     for png in ("training_curve.png", "confusion.png"):
         assert Image.open(tmp_path / png).size[0] > 300
     page = (tmp_path / "summary.html").read_text()

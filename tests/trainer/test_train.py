@@ -36,7 +36,12 @@ def args(shards, run_dir, *extra):
 
 
 @pytest.mark.slow
-def test_tiny_model_learns_digits_in_a_few_hundred_cpu_steps(train_shards, digit_shards, tmp_path):
+def test_tiny_model_learns_digits_in_a_few_hundred_cpu_steps(
+    train_shards, make_shards, keys_in, tmp_path
+):
+    # Held out: the 597 digits after the 1,200 that train_shards holds, never written into them.
+    held_out = make_shards(tmp_path / "heldout", 597, per_shard=200, offset=1200)
+    assert not set(keys_in(held_out)) & set(keys_in(train_shards))
     templates = tmp_path / "templates.txt"
     templates.write_text("a photo of the digit {}\n")
     run_dir = tmp_path / "run"
@@ -65,7 +70,7 @@ def test_tiny_model_learns_digits_in_a_few_hundred_cpu_steps(train_shards, digit
             "--eval-every",
             "300",
             "--zeroshot",
-            f"{digit_shards[0].parent}/*.tar",
+            f"{held_out[0].parent}/*.tar",
             "--classnames",
             NAMES,
             "--templates",
@@ -79,7 +84,9 @@ def test_tiny_model_learns_digits_in_a_few_hundred_cpu_steps(train_shards, digit
     end = sum(r["loss"] for r in records[-3:]) / 3
     assert end < 0.7 * start, [round(r["loss"], 2) for r in records]
     evals = [r for r in metrics(run_dir) if "eval/top-1" in r]
-    assert evals and evals[-1]["eval/top-1"] > 0.3  # 10 classes: chance is 0.1
+    # On the 597 held-out digits, seeds 0-9 gave 0.635-0.695 (mean 0.674, sd 0.020;
+    # bench/RESULTS-demo.md): 0.55 is 0.085 below the worst, 6 sd below the mean. Chance is 0.1.
+    assert evals and evals[-1]["eval/top-1"] > 0.55, evals
 
 
 @pytest.mark.parametrize(
