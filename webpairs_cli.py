@@ -16,15 +16,18 @@ import sys
 COMMANDS = {
     "curate": ("pipeline.curate", "URL lists in, WebDataset shards out (Apache Beam)"),
     "score": (
-        "pipeline.score_dataset",
+        "pipeline.jobs.score",
         "record a checkpoint's CLIP scores in an output's metadata",
     ),
-    "select": ("pipeline.select", "re-select an output by its recorded metadata, no download"),
-    "inspect": ("pipeline.report", "print the funnel and distributions of a curated output"),
+    "select": ("pipeline.jobs.select", "re-select an output by its recorded metadata, no download"),
+    "inspect": (
+        "pipeline.accounting.report",
+        "print the funnel and distributions of a curated output",
+    ),
     "train": ("trainer.train", "train a CLIP/BASIC dual encoder on shards"),
     "eval": ("trainer.evaluate", "zero-shot classification and retrieval"),
     "tokenizer": ("trainer.tokenizer", "train or inspect a BPE tokenizer"),
-    "demo": ("pipeline.demo", "the whole system on bundled data, no network"),
+    "demo": ("pipeline.demo.app", "the whole system on bundled data, no network"),
 }
 
 

@@ -233,7 +233,8 @@ def popcount_hamming_matrix(hashes: list[str]) -> np.ndarray:
 
 
 def stage_transform(name: str):
-    from pipeline.dedupe import ExactDedupe, NearDedupe, NearDedupeConfig
+    from pipeline.curation.dedupe.exact import ExactDedupe
+    from pipeline.curation.dedupe.near import NearDedupe, NearDedupeConfig
 
     if name == "exact":
         return ExactDedupe()
@@ -384,7 +385,7 @@ def code_version() -> str:
     import hashlib
 
     digest = hashlib.sha256()
-    for path in ("pipeline/dedupe.py", "schemas/imagehash.py"):
+    for path in ("pipeline/curation/decisions.py", "schemas/imagehash.py"):
         digest.update((REPO / path).read_bytes())
     try:
         head = subprocess.run(
@@ -515,7 +516,7 @@ def _slope(x1, y1, x2, y2) -> str:
 
 def band_ranges(bands: int) -> list[tuple[int, int]]:
     """[lo, hi) bit ranges of pipeline.lsh.contiguous_bands."""
-    from pipeline.lsh import contiguous_bands
+    from pipeline.curation.lsh import contiguous_bands
 
     return [(t[0], t[-1] + 1) for t in contiguous_bands(bands)]
 
@@ -571,7 +572,7 @@ def random_neighbours(n: int, threshold: int) -> float:
 def pair_cost_ns(size: int = 4096) -> dict[str, float]:
     """ns per pair of pipeline.dedupe.near_duplicate_pairs on one full chunk, as shipped and
     with popcount_hamming_matrix."""
-    import pipeline.dedupe as dd
+    import pipeline.curation.decisions as dd
 
     rows = list(light_rows(SynthSpec(n=10 * size), 0, size))
     items = [(r["key"], r["phash"], dd.image_survivor_order(r)) for r in rows]
@@ -633,7 +634,7 @@ def chunk_costs(n: int = 4096) -> list[dict]:
     phashes, and a placeholder chunk (one phash with 3 random bits flipped: every pair adjacent)."""
     import tracemalloc
 
-    import pipeline.dedupe as dd
+    import pipeline.curation.decisions as dd
     from schemas.imagehash import hamming_matrix
 
     def cost(name, fn, repeat=3):
@@ -696,7 +697,7 @@ def hot_key(n: int) -> dict:
     CPU s of ExactDedupe's decision function on a group of n rows sharing pixel_hash, and of
     NearDedupe's _CompareBucketFn on one band bucket of n copies of a phash with 0-3 bits of
     noise (as shipped and with popcount). Outside a pipeline: the per-key work only."""
-    import pipeline.dedupe as dd
+    import pipeline.curation.decisions as dd
 
     spec = SynthSpec(n=n)
     rows = list(light_rows(spec, 0, n))
@@ -728,7 +729,7 @@ def hot_key(n: int) -> dict:
 
 def bucket_item_bytes() -> int:
     """Python heap bytes of one (key, phash, order) bucket item, as _CompareBucketFn sorts it."""
-    from pipeline.dedupe import image_survivor_order
+    from pipeline.curation.decisions import image_survivor_order
 
     row = next(light_rows(SynthSpec(n=10), 0, 1))
     order = image_survivor_order(row)
@@ -1050,7 +1051,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.run_one:
         job = json.loads(args.run_one)
         if job["fast_hamming"]:
-            import pipeline.dedupe
+            import pipeline.curation.decisions
 
             pipeline.dedupe.hamming_matrix = popcount_hamming_matrix
         row = run_one(SynthSpec(**job["spec"]), job["stage"], job["chunk"], job["beam_args"])

@@ -60,7 +60,9 @@ def machine() -> str:
 def commit() -> str:
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True)
     dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--", "pipeline/demo.py"], cwd=REPO, capture_output=True
+        ["git", "status", "--porcelain", "--", "pipeline/demo/app.py"],
+        cwd=REPO,
+        capture_output=True,
     )
     return head.stdout.decode().strip() + ("+dirty" if dirty.stdout.strip() else "")
 
@@ -74,7 +76,7 @@ def record(row: dict) -> None:
 
 
 def select(args) -> None:
-    from pipeline.demo import (
+    from pipeline.demo.app import (
         DemoConfig,
         build_web,
         curate,

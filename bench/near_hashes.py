@@ -37,7 +37,7 @@ from PIL import Image, ImageEnhance
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.images import ImageConfig, decode_and_resize  # noqa: E402
+from pipeline.crawl.images import ImageConfig, decode_and_resize  # noqa: E402
 
 # Files shipped in scikit-image's data folder / scikit-learn's sample images. The test photos
 # (tests/pipeline/test_curation.py BASES) are: chelsea, coffee, china, rocket,

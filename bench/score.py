@@ -111,7 +111,7 @@ def make_pairs(folder: Path, n: int, seed: int = 0) -> list[str]:
 
 
 def tar_rows(path: str):
-    from pipeline.read_shards import _tar_members, group_members
+    from pipeline.io.read_shards import _tar_members, group_members
 
     for sample in group_members(_tar_members(path)):
         yield {"key": sample["__key__"], "caption": sample["txt"].decode(), "_image": sample["jpg"]}
@@ -144,7 +144,7 @@ def make_checkpoint(model: str, folder: Path) -> Path:
 def run_plain(tars, scorer_id, cfg) -> dict:
     import torch
 
-    from pipeline.clip_handler import ClipScorer
+    from pipeline.scoring.handler import ClipScorer
     from trainer.transforms import decode_image, resize_center_crop
 
     scorer = ClipScorer(scorer_id, cfg)
@@ -173,7 +173,7 @@ def run_beam(tars, scorer_id, cfg, mode: str, workers: int) -> dict:
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipeline.score import ScorePairs
+    from pipeline.scoring.pairs import ScorePairs
 
     out = OUT / f"beam-scores-{os.getpid()}.json"
     options = PipelineOptions(
@@ -203,7 +203,8 @@ def run_beam(tars, scorer_id, cfg, mode: str, workers: int) -> dict:
 def bench_score(args) -> None:
     import torch
 
-    from pipeline.score import ScoreConfig, identify_checkpoint
+    from pipeline.scoring.identity import identify_checkpoint
+    from pipeline.scoring.pairs import ScoreConfig
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -251,8 +252,8 @@ def make_scored_output(folder: Path, n: int, per_shard: int, with_tars: bool) ->
     import numpy as np
     import pyarrow.parquet as pq
 
+    from pipeline.io.shards import write_manifest, write_tar
     from pipeline.results import rows_to_table
-    from pipeline.shards import write_manifest, write_tar
     from schemas import ShardEntry, key_for_url
 
     done = folder / "manifest.json"
@@ -299,9 +300,10 @@ def bench_select(args) -> None:
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipeline.reshard import PlaceSamples, ReadSource, open_source
-    from pipeline.score import ClipScoreConfig, ClipScoreFilter
-    from pipeline.select import Where, main, parse_rule
+    from pipeline.curation.rules import Where, parse_rule
+    from pipeline.io.reshard import PlaceSamples, ReadSource, open_source
+    from pipeline.jobs.select import main
+    from pipeline.scoring.clip_filter import ClipScoreConfig, ClipScoreFilter
 
     kind = "tars" if args.copy else "meta"
     source = make_scored_output(

@@ -59,7 +59,7 @@ class Manifest:
     source: str | None = None  # lineage: what this dataset was made from
     options: dict = field(default_factory=dict)  # the options of the run that wrote it
     # the model whose clip_score / embeddings the per-shard parquet holds: {"checkpoint",
-    # "sha256", "model", "embed_dim", "step"} (pipeline/score.py); None when not scored
+    # "sha256", "model", "embed_dim", "step"} (pipeline/scoring/pairs.py); None when not scored
     scorer: dict | None = None
     version: int = MANIFEST_VERSION
 

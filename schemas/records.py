@@ -74,7 +74,7 @@ class Reason:
     NEAR_DUPLICATE = "near_duplicate"  # perceptual hash within the threshold
     DUPLICATE_CAPTION = "duplicate_caption"  # near-identical caption (MinHash)
     IN_PREVIOUS = "in_previous_output"  # --incremental: the previous output holds this sample
-    # model-based curation (pipeline/score.py, pipeline/semdedup.py, pipeline/select.py)
+    # model-based curation (pipeline/scoring/pairs.py, pipeline/curation/dedupe/semantic.py, pipeline/jobs/select.py)
     LOW_CLIP_SCORE = "low_clip_score"  # under min_score, or outside the top fraction by score
     UNSCORED = "unscored"  # a score filter met a pair the model could not score
     SEMANTIC_DUPLICATE = "semantic_duplicate"  # image embeddings within the cosine threshold

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline.curate import check_flags
-from pipeline.options import CurateOptions
+from pipeline.jobs.options import CurateOptions
+from pipeline.jobs.shell import check_flags
 from trainer.cli import build_train_parser, run_config_from_args
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -99,7 +99,7 @@ def installed_by(dockerfile: str) -> set[str]:
 @pytest.mark.parametrize(
     ("dockerfile", "packages", "not_pip_installed"),
     [
-        # torch: only pipeline/clip_handler.py imports it, itself imported lazily by scoring,
+        # torch: only pipeline/scoring/handler.py imports it, itself imported lazily by scoring,
         # which this image does not run (see the Dockerfile)
         ("pipeline.Dockerfile", ("pipeline", "schemas"), {"torch"}),
         ("trainer.Dockerfile", ("trainer", "schemas"), {"torch"}),  # from the base image

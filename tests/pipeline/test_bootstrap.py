@@ -14,9 +14,9 @@ from pathlib import Path
 
 import webdataset as wds
 
-from pipeline.curate import main as curate
-from pipeline.score_dataset import main as score
-from pipeline.select import main as select
+from pipeline.jobs.curate import main as curate
+from pipeline.jobs.score import main as score
+from pipeline.jobs.select import main as select
 from schemas import Manifest, Stats
 from tests.pipeline.test_score import NAMES, digit_png, shard_rows, tar_samples
 from tests.pipeline.test_score import one_torch_thread as one_torch_thread  # noqa: F401

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
-from pipeline.curate import main
+from pipeline.jobs.curate import main
 from schemas import Manifest, Stats
 from tests.conftest import serve
 

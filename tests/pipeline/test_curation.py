@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image, ImageEnhance
 
-from pipeline.curate import main
+from pipeline.jobs.curate import main
 from schemas import Stats
 from tests.conftest import encode, serve
 

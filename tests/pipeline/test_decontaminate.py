@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import webdataset as wds
 
-from pipeline.curate import main
-from pipeline.decontaminate import eval_item, hash_eval_file, parse_hash_line
-from pipeline.recipe import recipe_from_dict
+from pipeline.curation.decontaminate import eval_item, hash_eval_file, parse_hash_line
+from pipeline.curation.recipe import recipe_from_dict
+from pipeline.jobs.curate import main
 from schemas import Stats
 from tests.conftest import encode
 

@@ -10,19 +10,15 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipeline.dedupe import (
+from pipeline.curation.decisions import ResolveChains, cluster_losers, connected_labels
+from pipeline.curation.dedupe.captions import (
     CaptionDedupe,
-    NearDedupe,
-    NearDedupeConfig,
-    ResolveChains,
     caption_duplicate_pairs,
-    cluster_losers,
-    connected_labels,
-    exact_duplicate_decisions,
     minhash_signature,
-    near_duplicate_pairs,
-    pick_survivor,
 )
+from pipeline.curation.dedupe.exact import exact_duplicate_decisions
+from pipeline.curation.dedupe.near import NearDedupe, NearDedupeConfig, near_duplicate_pairs
+from pipeline.curation.dedupe.urls import pick_survivor
 from pipeline.results import decision
 
 
@@ -251,7 +247,7 @@ def test_oversized_buckets_are_counted_and_logged(caplog):
         # One group within 12 bits, but chunks never meet: three survivors, not one.
         equal_to([("k0", "k2"), ("k1", "k2"), ("k3", "k5"), ("k4", "k5"), ("k6", "k7")]),
     )
-    with caplog.at_level(logging.WARNING, logger="pipeline.dedupe"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.curation.dedupe.near"):
         result = p.run()
         result.wait_until_finish()
     assert counter(result, "near_dedupe", "oversized_buckets") == 3

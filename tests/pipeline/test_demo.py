@@ -9,7 +9,7 @@ import re
 import webdataset as wds
 from PIL import Image
 
-from pipeline.demo import DemoConfig, build_web, demo_digits, main, split_digits
+from pipeline.demo.app import DemoConfig, build_web, demo_digits, main, split_digits
 from schemas import Manifest, Stats
 
 

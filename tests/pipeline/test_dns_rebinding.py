@@ -15,8 +15,8 @@ import socket
 
 import pytest
 
-from pipeline.download import Crawler, DownloadConfig, fetch_row
-from pipeline.netsafety import Resolver
+from pipeline.crawl.download import Crawler, DownloadConfig, fetch_row
+from pipeline.crawl.netsafety import Resolver
 
 CFG = DownloadConfig(
     allow_networks=("127.0.0.1/32",),

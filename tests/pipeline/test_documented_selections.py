@@ -6,11 +6,12 @@ from __future__ import annotations
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline.curate import check_flags
-from pipeline.options import CurateOptions
-from pipeline.recipe import PRESETS
-from pipeline.score_dataset import config_from_options as score_config
-from pipeline.select import SelectOptions, parse_rule
+from pipeline.curation.recipe import PRESETS
+from pipeline.curation.rules import parse_rule
+from pipeline.jobs.options import CurateOptions
+from pipeline.jobs.score import config_from_options as score_config
+from pipeline.jobs.select import SelectOptions
+from pipeline.jobs.shell import check_flags
 from tests.test_docs import documented
 
 SELECT = documented(r"webpairs select\b")

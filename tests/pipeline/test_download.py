@@ -7,9 +7,9 @@ import pytest
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 
-from pipeline.download import Crawler, DownloadConfig, fetch, fetch_images_fn, fetch_row
-from pipeline.fetch import opted_out
-from pipeline.netsafety import Resolver
+from pipeline.crawl.download import Crawler, DownloadConfig, fetch, fetch_images_fn, fetch_row
+from pipeline.crawl.fetch import opted_out
+from pipeline.crawl.netsafety import Resolver
 
 CFG = DownloadConfig(
     allow_private_networks=True,

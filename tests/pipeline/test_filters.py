@@ -6,9 +6,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.captions import LanguageDetector, boilerplate_reason, clean_caption
-from pipeline.curate import main
-from pipeline.filters import FilterConfig, blocklist_pattern, keep
+from pipeline.curation.captions import LanguageDetector, boilerplate_reason, clean_caption
+from pipeline.curation.filters import FilterConfig, blocklist_pattern, keep
+from pipeline.jobs.curate import main
 from schemas import Stats
 
 # Real alt-text-like captions in several languages (written for this test, not machine output).

@@ -11,10 +11,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.curate import main
-from pipeline.download import Crawler, DownloadConfig, fetch_row
-from pipeline.images import ImageConfig, decode_row
-from pipeline.netsafety import BlockedAddress, check_address
+from pipeline.crawl.download import Crawler, DownloadConfig, fetch_row
+from pipeline.crawl.images import ImageConfig, decode_row
+from pipeline.crawl.netsafety import BlockedAddress, check_address
+from pipeline.jobs.curate import main
 from schemas import Stats
 
 CFG = DownloadConfig(
@@ -111,7 +111,7 @@ def test_robots_txt_is_honoured(site):
 
 
 def test_unreachable_robots_txt_disallows_and_404_allows(site):
-    from pipeline.hosts import robots_from_response
+    from pipeline.crawl.hosts import robots_from_response
 
     assert robots_from_response(None, None) == (
         None,

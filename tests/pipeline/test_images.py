@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.images import ImageConfig, ImageError, decode_and_resize, sniff_mime, target_size
+from pipeline.crawl.images import (
+    ImageConfig,
+    ImageError,
+    decode_and_resize,
+    sniff_mime,
+    target_size,
+)
 from tests.conftest import encode
 
 

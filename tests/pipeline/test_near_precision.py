@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageEnhance
 
-from pipeline.dedupe import NearDedupeConfig
-from pipeline.images import ImageConfig, decode_and_resize
+from pipeline.crawl.images import ImageConfig, decode_and_resize
+from pipeline.curation.dedupe.near import NearDedupeConfig
 from schemas.imagehash import hamming
 from tests.conftest import encode, serve
 from tests.pipeline.test_curation import BASES, TEXTURES, _results, _run, _skimage

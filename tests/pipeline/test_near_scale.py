@@ -12,8 +12,13 @@ import pytest
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipeline.dedupe import NearDedupe, NearDedupeConfig, collapse_same_hashes, near_duplicate_pairs
-from pipeline.lsh import (
+from pipeline.curation.dedupe.near import (
+    NearDedupe,
+    NearDedupeConfig,
+    collapse_same_hashes,
+    near_duplicate_pairs,
+)
+from pipeline.curation.lsh import (
     candidate_tables,
     contiguous_bands,
     key_width,
@@ -178,7 +183,7 @@ def test_tables_follow_the_row_count_and_find_planted_copies(caplog):
         res["removed"] | beam.Map(lambda d: (d["key"], d["duplicate_of"])),
         equal_to(expected),
     )
-    with caplog.at_level(logging.INFO, logger="pipeline.dedupe"):
+    with caplog.at_level(logging.INFO, logger="pipeline.curation.dedupe.near"):
         result = p.run()
         result.wait_until_finish()
     assert counter(result, "near_dedupe", "oversized_buckets") == 0
@@ -195,14 +200,14 @@ def test_tables_follow_the_row_count_and_find_planted_copies(caplog):
     ],
 )
 def test_bad_near_dedupe_settings_are_one_clear_error(section, message):
-    from pipeline.recipe import recipe_from_dict
+    from pipeline.curation.recipe import recipe_from_dict
 
     with pytest.raises(ValueError, match=message):
         recipe_from_dict({"near_dedupe": section})
 
 
 def test_a_recipe_can_turn_the_dhash_check_off():
-    from pipeline.recipe import recipe_from_dict
+    from pipeline.curation.recipe import recipe_from_dict
 
     assert (
         recipe_from_dict({"near_dedupe": {"verify_threshold": None}}).near_dedupe.verify_threshold

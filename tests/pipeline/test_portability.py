@@ -11,9 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline.curate import build
-from pipeline.options import CurateOptions, config_from_options
-from pipeline.read import resolve
+from pipeline.io.url_lists import resolve
+from pipeline.jobs.curate import build
+from pipeline.jobs.options import CurateOptions, config_from_options
 
 DATAFLOW_FLAGS = [
     "--runner=DataflowRunner",

@@ -3,7 +3,7 @@
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.curate import main
+from pipeline.jobs.curate import main
 from schemas import Manifest, Stats
 
 

@@ -11,7 +11,7 @@ import pytest
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipeline.read import InputError, ReadConfig, ReadPairs, iter_csv_rows, resolve
+from pipeline.io.url_lists import InputError, ReadConfig, ReadPairs, iter_csv_rows, resolve
 
 
 def _check(cfg: ReadConfig, n_input: int, pairs, invalid_reasons, pair_field: str = "caption"):

@@ -8,8 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
-from pipeline.curate import main
-from pipeline.read_shards import group_members, list_tars
+from pipeline.io.read_shards import group_members, list_tars
+from pipeline.jobs.curate import main
 from schemas import Manifest, Stats
 from tests.conftest import encode
 

@@ -2,7 +2,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline.report import DistributionsFn, bucket, render_html, render_text, row_features
+from pipeline.accounting.report import (
+    DistributionsFn,
+    bucket,
+    render_html,
+    render_text,
+    row_features,
+)
 from schemas import Stats
 
 WEBPAIRS = str(Path(sys.executable).with_name("webpairs"))

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline.curate import main
+from pipeline.jobs.curate import main
 from tests.conftest import encode, serve
 
 

@@ -8,8 +8,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.curate import main
-from pipeline.hosts import RobotsRules, robots_from_response
+from pipeline.crawl.hosts import RobotsRules, robots_from_response
+from pipeline.jobs.curate import main
 from schemas import Stats
 
 # RFC 9309, 5.1 "Simple Example", verbatim (the figure ends with the line "EOF").

@@ -26,8 +26,8 @@ from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from pipeline.curate import main as curate
-from pipeline.score import (
+from pipeline.jobs.curate import main as curate
+from pipeline.scoring.clip_filter import (
     ClipScoreConfig,
     ClipScoreFilter,
     exact_threshold,
@@ -217,8 +217,9 @@ def test_the_model_loads_once_for_all_threads_and_bundles_in_batches_of_the_set_
     from apache_beam.metrics.metric import MetricsFilter
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipeline.reshard import ReadSource, open_source
-    from pipeline.score import ScoreConfig, ScorePairs, identify_checkpoint
+    from pipeline.io.reshard import ReadSource, open_source
+    from pipeline.scoring.identity import identify_checkpoint
+    from pipeline.scoring.pairs import ScoreConfig, ScorePairs
 
     source = open_source(str(scored))  # 46 pairs in 3 shards: several bundles
     options = PipelineOptions(["--direct_running_mode=multi_threading", "--direct_num_workers=2"])
@@ -243,7 +244,7 @@ def rescore(output: Path, checkpoint: Path, device: str, tmp: Path) -> dict[str,
     """`webpairs score` over a copy of `output` with `score: {device: ...}` -> {key: score}."""
     import shutil
 
-    from pipeline.score_dataset import main as score
+    from pipeline.jobs.score import main as score
 
     copy = tmp / "copy"
     shutil.copytree(output, copy)

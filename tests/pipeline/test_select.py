@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.curate import main as curate
-from pipeline.reshard import shuffle_order
-from pipeline.select import main as select
-from pipeline.select import parse_rule, rule_holds
+from pipeline.curation.rules import parse_rule, rule_holds
+from pipeline.io.reshard import shuffle_order
+from pipeline.jobs.curate import main as curate
+from pipeline.jobs.select import main as select
 from schemas import Manifest, Stats
 from tests.pipeline.test_score import (
     digit_tars,
@@ -201,7 +201,7 @@ def test_a_language_filter_reads_the_recorded_captions_and_may_keep_nothing(sour
 def test_score_mistakes_are_one_error_line_and_leave_the_output_alone(
     source, capsys, extra, message
 ):
-    from pipeline.score_dataset import main as score
+    from pipeline.jobs.score import main as score
 
     before = {p: p.read_bytes() for p in [source / "manifest.json", *source.glob("shards/*")]}
     code = score(["--input", str(source), *extra])

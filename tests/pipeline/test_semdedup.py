@@ -15,8 +15,13 @@ from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
-from pipeline.select import main as select
-from pipeline.semdedup import SemanticDedupe, SemDedupConfig, spherical_kmeans, unit_rows
+from pipeline.curation.dedupe.semantic import (
+    SemanticDedupe,
+    SemDedupConfig,
+    spherical_kmeans,
+    unit_rows,
+)
+from pipeline.jobs.select import main as select
 from schemas import Stats
 from tests.pipeline.test_score import curate_scored, shard_rows, tiny_checkpoint
 from tests.pipeline.test_score import one_torch_thread as one_torch_thread  # noqa: F401

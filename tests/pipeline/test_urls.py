@@ -1,6 +1,6 @@
 import pytest
 
-from pipeline.urls import InvalidUrl, domain_of, normalize_url
+from pipeline.crawl.urls import InvalidUrl, domain_of, normalize_url
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import wids
 
-from pipeline.curate import main
+from pipeline.jobs.curate import main
 from schemas import Manifest
 
 

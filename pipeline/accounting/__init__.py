@@ -1,0 +1,1 @@
+"""The funnel: per-reason counts (`stats`) and the report (`report`)."""

@@ -1,0 +1,1 @@
+"""Crawling: URL normalization, downloads (politeness, SSRF guard, DNS), decoding."""

@@ -1,0 +1,1 @@
+"""Deduplication stages, one module a kind: urls, exact, near, captions, semantic."""

@@ -1,0 +1,25 @@
+"""The layout of an OUTPUT folder: every file and folder name, once, and path joining that
+needs no filesystem plugin.
+
+    join_path(output, SHARDS_DIR, "00000.tar")
+"""
+
+from __future__ import annotations
+
+import os
+
+SHARDS_DIR = "shards"  # shards/00000.tar, shards/00000.parquet
+MANIFEST_NAME = "manifest.json"
+STATS_NAME = "stats.json"
+REPORT_NAME = "report.html"
+REJECTS_DIR = "rejects"  # rejects/*.parquet: every row not written, with its reason
+FOUND_NAME = "decontamination.json"
+STAGING_DIR = "_staging"  # the crawl log of --resume
+
+
+def join_path(base: str, *parts: str) -> str:
+    """`base/part/...`: '/'-joined for URLs (scheme://...), `os.path.join` for local paths."""
+    if "://" in base:
+        tail = "/".join(p.strip("/") for p in parts if p)
+        return base.rstrip("/") + "/" + tail if tail else base
+    return os.path.join(base, *parts)

@@ -1,0 +1,1 @@
+"""The jobs (`curate`, `select`, `score`) on one shell (`shell`), and their options."""

@@ -1,0 +1,274 @@
+"""The curation job: URL lists in, WebDataset shards out.
+
+    python -m pipeline.curate --input urls.parquet --output out/ \
+        --resize-mode keep_ratio --image-size 256 --runner DirectRunner
+
+    ReadPairs -> DedupeUrls -> DownloadImages -> DecodeResize -> WriteShards
+                                                      └─ every other row -> rejects/ + stats.json
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import replace
+
+import apache_beam as beam
+import pyarrow as pa
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from pipeline.accounting.report import write_report
+from pipeline.accounting.stats import LogProgress, WriteStats
+from pipeline.crawl.download import DownloadImages
+from pipeline.crawl.images import DecodeResize
+from pipeline.curation.captions import AnnotateCaptions
+from pipeline.curation.decisions import ResolveChains
+from pipeline.curation.decontaminate import refusal
+from pipeline.curation.dedupe.urls import DedupeUrls
+from pipeline.io.layout import (
+    FOUND_NAME,
+    MANIFEST_NAME,
+    REJECTS_DIR,
+    REPORT_NAME,
+    SHARDS_DIR,
+    STAGING_DIR,
+    STATS_NAME,
+    join_path,
+)
+from pipeline.io.previous import ExcludePrevious
+from pipeline.io.read_shards import ReadShards, ShardInput, list_tars
+from pipeline.io.shards import WriteManifest, WriteShards, light_row, public_row
+from pipeline.io.staging import ReadStaged, SkipStaged, StageRows, staging_dir
+from pipeline.io.url_lists import InputError, ReadPairs, resolve
+from pipeline.jobs.options import CurateConfig, CurateOptions, config_from_options
+from pipeline.jobs.shell import check_flags, job_main, summary_line
+from pipeline.results import parquet_schema
+from pipeline.scoring.identity import ScorerIdentity
+from pipeline.scoring.pairs import ScorePairs, check_scoring
+from schemas import Stats, Status
+from schemas.records import EMBEDDING_FIELDS
+
+logger = logging.getLogger(__name__)
+
+
+PROG = "webpairs curate"
+
+
+def read_and_fetch(p: beam.Pipeline, cfg: CurateConfig) -> dict:
+    """-> {"images": decoded rows (ok with `_image`, or not ok), "url_duplicates", "invalid",
+    "input_count", "warnings"}: the source half of the job, logged to the staging area on the way."""
+    extra = cfg.read.extra_fields
+    if cfg.read.input_format == "webdataset":
+        # Existing shards: no download; keys come from the source shard and sample key.
+        read = p | "ReadShards" >> ReadShards(ShardInput(cfg.read.input, cfg.read.extra_cols))
+        url_duplicates = p | "NoUrlDuplicates" >> beam.Create([])
+        fetched = read["rows"]
+        warnings = read["warnings"]
+    else:
+        read = p | "ReadPairs" >> ReadPairs(cfg.read)
+        warnings = p | "NoWarnings" >> beam.Create([])
+        deduped = read["pairs"] | "DedupeUrls" >> DedupeUrls()
+        url_duplicates = deduped["duplicates"]
+        pairs = deduped["unique"]
+        if cfg.incremental:
+            fresh = pairs | "ExcludePrevious" >> ExcludePrevious(cfg.incremental)
+            pairs = fresh["pairs"]
+            url_duplicates = (
+                url_duplicates,
+                fresh["duplicates"],
+            ) | "AllUrlDuplicates" >> beam.Flatten()
+        if cfg.resume:
+            staged = p | "ReadStaged" >> ReadStaged(cfg.output)
+            pairs = {"pairs": pairs, "staged": staged} | "SkipStaged" >> SkipStaged()
+        fetched = pairs | "DownloadImages" >> DownloadImages(cfg.download)
+    images = fetched | "DecodeResize" >> DecodeResize(cfg.image)
+    if cfg.staging:
+        images = images | "StageRows" >> StageRows(cfg.output, extra, cfg.staging_flush_rows)
+    if cfg.resume and cfg.read.input_format != "webdataset":
+        images = (images, staged) | "WithStaged" >> beam.Flatten()
+    return {
+        "images": images,
+        "url_duplicates": url_duplicates,
+        "invalid": read["invalid"],
+        "input_count": read["input_count"],
+        "warnings": warnings,
+    }
+
+
+def _split_ok(row):
+    """Ok rows (with their bytes) on the main output; the rest, without bytes, on "not_ok"."""
+    if row["status"] == Status.OK:
+        yield row
+    else:
+        yield beam.pvalue.TaggedOutput("not_ok", public_row(row))
+
+
+def curate_and_write(images, cfg: CurateConfig, scorer: ScorerIdentity | None = None) -> dict:
+    """Decoded rows -> [scoring] -> curation stages -> shards.
+    -> {"rows": written, "removed", "shards", "not_ok"}."""
+    p = images.pipeline
+    split = images | "SplitOk" >> beam.ParDo(_split_ok).with_outputs("not_ok", main="ok")
+    ok, not_ok = split.ok, split.not_ok
+    recipe = cfg.recipe
+    if recipe.captions.clean or recipe.detects_language:
+        captions = replace(recipe.captions, detect_language=recipe.detects_language)
+        ok = ok | "AnnotateCaptions" >> AnnotateCaptions(captions)
+    extra = cfg.read.extra_fields
+    if scorer is not None:
+        ok = ok | "ScorePairs" >> ScorePairs(recipe.score, scorer)
+        extra += EMBEDDING_FIELDS if recipe.score.embeddings else ()
+    light = ok | "LightRows" >> beam.Map(light_row)
+    removed = []
+    for stage in recipe.stages:
+        curated = light | f"Curate:{stage}" >> recipe.transform(stage, cfg.output)
+        light = curated["kept"]
+        removed.append(curated["removed"])
+    if not removed:
+        removed.append(p | "NoDecisions" >> beam.Create([]))
+    # A survivor of one stage may be removed by a later one: name the final survivor.
+    decisions = removed | "AllDecisions" >> beam.Flatten() | "ResolveSurvivors" >> ResolveChains()
+    shards_cfg = replace(cfg.shards, extra_fields=extra)
+    written = {"rows": ok, "survivors": light, "removed": decisions} | "WriteShards" >> WriteShards(
+        shards_cfg
+    )
+    return {**written, "not_ok": not_ok}
+
+
+def build(
+    p: beam.Pipeline, cfg: CurateConfig, options_record: dict, scorer: ScorerIdentity | None = None
+) -> None:
+    """The job graph. `cfg.read` must be resolved (see read.resolve); `scorer` is the checked
+    model of the recipe's `score` section (score.check_scoring)."""
+    source = read_and_fetch(p, cfg)
+    written = curate_and_write(source["images"], cfg, scorer)
+    rejects = (
+        written["not_ok"],
+        written["removed"],
+        source["url_duplicates"],
+        source["invalid"],
+    ) | "AllRejects" >> beam.Flatten()
+    results = (
+        (written["rows"], rejects)
+        | "AllResults" >> beam.Flatten()
+        | "Progress" >> beam.ParDo(LogProgress())
+    )
+    _ = rejects | "WriteRejects" >> beam.io.WriteToParquet(
+        join_path(cfg.output, REJECTS_DIR, "rejects"),
+        parquet_schema(cfg.read.extra_fields),
+        file_name_suffix=".parquet",
+    )
+    lineage = cfg.incremental or cfg.retry_failed  # this output extends that one
+    _ = written["shards"] | "WriteManifest" >> WriteManifest(
+        cfg.output, options_record, source=lineage, scorer=scorer.to_dict() if scorer else None
+    )
+    stats_inputs = {
+        "results": results,
+        "written": written["rows"],
+        "input_count": source["input_count"],
+        "shards": written["shards"],
+        "warnings": source["warnings"],
+    }
+    _ = stats_inputs | "WriteStats" >> WriteStats(cfg.output)
+
+
+def prepare_output(cfg: CurateConfig) -> None:
+    """Refuse to clobber a run unless asked; clear it for --overwrite; keep the staging log
+    (and only it) for --resume."""
+    out = cfg.output
+    finished = FileSystems.exists(join_path(out, MANIFEST_NAME))
+    names = (
+        SHARDS_DIR,
+        REJECTS_DIR,
+        STATS_NAME,
+        MANIFEST_NAME,
+        REPORT_NAME,
+        FOUND_NAME,
+        STAGING_DIR,
+    )
+    leftovers = [join_path(out, n) for n in names if FileSystems.exists(join_path(out, n))]
+    if cfg.resume and cfg.overwrite:
+        raise InputError("--resume and --overwrite contradict each other; pass one")
+    if cfg.resume:
+        if finished:
+            raise InputError(
+                f"--output {out} holds a finished run: nothing to resume (--overwrite redoes it)"
+            )
+        if not FileSystems.exists(staging_dir(out)):
+            logger.info("--resume: nothing was staged in %s; starting from the beginning", out)
+        leftovers = [p for p in leftovers if not p.rstrip("/").endswith(STAGING_DIR)]
+    elif leftovers and not cfg.overwrite:
+        what = "a finished run" if finished else "an unfinished run (--resume continues it)"
+        raise InputError(f"--output {out} already holds {what}; pass --overwrite to replace it")
+    if leftovers:
+        logger.info("removing %s", ", ".join(leftovers))
+        FileSystems.delete(leftovers)
+
+
+def run(argv: list[str]) -> Stats:
+    options = PipelineOptions(argv)
+    check_flags(argv, options)
+    opts = options.view_as(CurateOptions)
+    if options.view_as(StandardOptions).runner is None:
+        options.view_as(StandardOptions).runner = "DirectRunner"
+    cfg = config_from_options(opts)
+    if (cfg.read.input_format or "") == "webdataset" or cfg.read.input.lower().endswith(
+        (".tar", "manifest.json")
+    ):
+        list_tars(cfg.read.input)  # fails early, with one line, when nothing matches
+        extra = tuple(pa.field(c, pa.string()) for c in cfg.read.extra_cols)  # json values, as text
+        cfg = replace(cfg, read=replace(cfg.read, input_format="webdataset", extra_fields=extra))
+    else:
+        cfg = replace(cfg, read=resolve(cfg.read))
+    scorer = check_scoring(cfg.recipe.score, cfg.recipe.stages)  # loads the model once, here
+    prepare_output(cfg)
+    record = {
+        k: v
+        for k, v in opts.get_all_options(current_only=True).items()
+        if k not in ("overwrite", "resume", "keep_staging", "staging", "staging_flush_rows")
+    }
+
+    p = beam.Pipeline(options=options)
+    build(p, cfg, record, scorer)
+    logger.info(
+        "curating %s -> %s on %s",
+        cfg.read.input,
+        cfg.output,
+        options.view_as(StandardOptions).runner,
+    )
+    try:
+        p.run().wait_until_finish()
+    except Exception:
+        refused = refusal(cfg.output)  # too little of the evaluation set could be read
+        if refused is None:
+            raise
+        raise InputError(refused) from None
+
+    with FileSystems.open(join_path(cfg.output, STATS_NAME)) as f:
+        stats = Stats.from_json(f.read().decode("utf-8"))
+    stats.check()  # fails loudly when a row was lost or counted twice
+    write_report(cfg.output)
+    if not opts.keep_staging and FileSystems.exists(staging_dir(cfg.output)):
+        FileSystems.delete([staging_dir(cfg.output)])  # the run is complete: the crawl log is spent
+    return stats
+
+
+def _help(prog: str) -> str:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog=prog, description="URL lists in, WebDataset shards out (Apache Beam)."
+    )
+    CurateOptions._add_argparse_args(parser)
+    return (
+        parser.format_help()
+        + "\nAny Beam pipeline option (--runner, --direct_num_workers, ...) is accepted too.\n"
+    )
+
+
+def main(argv: list[str] | None = None, prog: str = PROG) -> int:
+    return job_main(argv, prog, _help, lambda a: summary_line(run(a)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Model-based scoring: the only package that imports `trainer` (lazily, in `handler`)."""
