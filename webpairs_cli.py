@@ -24,7 +24,7 @@ COMMANDS = {
         "pipeline.accounting.report",
         "print the funnel and distributions of a curated output",
     ),
-    "train": ("trainer.train", "train a CLIP/BASIC dual encoder on shards"),
+    "train": ("trainer.cli", "train a CLIP/BASIC dual encoder on shards"),
     "eval": ("trainer.evaluate", "zero-shot classification and retrieval"),
     "tokenizer": ("trainer.tokenizer", "train or inspect a BPE tokenizer"),
     "demo": ("pipeline.demo.app", "the whole system on bundled data, no network"),

@@ -385,8 +385,9 @@ def code_version() -> str:
     import hashlib
 
     digest = hashlib.sha256()
-    for path in ("pipeline/curation/decisions.py", "schemas/imagehash.py"):
-        digest.update((REPO / path).read_bytes())
+    measured = sorted((REPO / "pipeline/curation").rglob("*.py"))
+    for path in [*measured, REPO / "schemas/imagehash.py"]:
+        digest.update(path.read_bytes())
     try:
         head = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
@@ -570,12 +571,12 @@ def random_neighbours(n: int, threshold: int) -> float:
 
 
 def pair_cost_ns(size: int = 4096) -> dict[str, float]:
-    """ns per pair of pipeline.dedupe.near_duplicate_pairs on one full chunk, as shipped and
+    """ns per pair of pipeline.curation.dedupe.near.near_duplicate_pairs on one full chunk, as shipped and
     with popcount_hamming_matrix."""
-    import pipeline.curation.decisions as dd
+    import pipeline.curation.dedupe.near as dd
 
     rows = list(light_rows(SynthSpec(n=10 * size), 0, size))
-    items = [(r["key"], r["phash"], dd.image_survivor_order(r)) for r in rows]
+    items = [dd.NearItem(r["key"], r["phash"], None, dd.image_survivor_order(r)) for r in rows]
     out = {}
     for name, fn in (("shipped", dd.hamming_matrix), ("popcount", popcount_hamming_matrix)):
         saved, dd.hamming_matrix = dd.hamming_matrix, fn
@@ -602,7 +603,7 @@ def unpacked_hamming_matrix(hashes: list[str]) -> np.ndarray:
 
 
 def union_find_losers(keys, orders, adjacent) -> list:
-    """pipeline.dedupe.cluster_losers before the fix (f7f3d00): a Python step per adjacent pair."""
+    """pipeline.curation.decisions.cluster_losers before the fix (f7f3d00): a Python step per adjacent pair."""
     parent = list(range(len(keys)))
 
     def find(i):
@@ -634,7 +635,8 @@ def chunk_costs(n: int = 4096) -> list[dict]:
     phashes, and a placeholder chunk (one phash with 3 random bits flipped: every pair adjacent)."""
     import tracemalloc
 
-    import pipeline.curation.decisions as dd
+    from pipeline.curation.decisions import cluster_losers
+    from pipeline.curation.dedupe.captions import equal_minhash_counts
     from schemas.imagehash import hamming_matrix
 
     def cost(name, fn, repeat=3):
@@ -677,7 +679,7 @@ def chunk_costs(n: int = 4096) -> list[dict]:
         )
         b = cost(
             f"{data}: cluster_losers, vectorised",
-            partial(dd.cluster_losers, keys, orders, adjacent),
+            partial(cluster_losers, keys, orders, adjacent),
         )
         assert a == b
     sigs = [tuple(int(v) for v in rng.integers(0, 2**32, size=64)) for _ in range(n)]
@@ -687,7 +689,7 @@ def chunk_costs(n: int = 4096) -> list[dict]:
         return (sig[:, None, :] == sig[None, :, :]).mean(axis=-1) >= 0.8
 
     before = cost("captions: (n, n, 64) similarity (before)", caption_before, 1)
-    after = cost("captions: equal_minhash_counts", partial(dd.equal_minhash_counts, sigs))
+    after = cost("captions: equal_minhash_counts", partial(equal_minhash_counts, sigs))
     assert np.array_equal(before, after >= 52)  # 52 / 64 is the first share >= 0.8
     return out
 
@@ -695,25 +697,28 @@ def chunk_costs(n: int = 4096) -> list[dict]:
 def hot_key(n: int) -> dict:
     """One placeholder image repeated n times, as the one worker that gets its key sees it:
     CPU s of ExactDedupe's decision function on a group of n rows sharing pixel_hash, and of
-    NearDedupe's _CompareBucketFn on one band bucket of n copies of a phash with 0-3 bits of
+    NearDedupe's CompareBucketFn on one band bucket of n copies of a phash with 0-3 bits of
     noise (as shipped and with popcount). Outside a pipeline: the per-key work only."""
-    import pipeline.curation.decisions as dd
+    import pipeline.curation.dedupe.near as dd
+    from pipeline.curation.dedupe.buckets import CompareBucketFn
+    from pipeline.curation.dedupe.exact import exact_duplicate_decisions
 
     spec = SynthSpec(n=n)
     rows = list(light_rows(spec, 0, n))
     for r in rows:
         r["pixel_hash"] = rows[0]["pixel_hash"]
     start = time.process_time()
-    exact = sum(1 for _ in dd.exact_duplicate_decisions(rows))
+    exact = sum(1 for _ in exact_duplicate_decisions(rows))
     out = {"rows": n, "exact_decisions": exact, "exact_cpu_s": time.process_time() - start}
     idx = np.arange(n)
     flips = (mix64(spec.seed, S_FLIPS, idx) % np.uint64(4)).astype(np.int64)
     hashes = np.full(n, int(rows[0]["phash"], 16), dtype=np.uint64)
     hashes[flips > 0] ^= _flip_masks(spec, idx[flips > 0], flips[flips > 0])
     items = [
-        (r["key"], f"{h:016x}", dd.image_survivor_order(r)) for r, h in zip(rows, hashes.tolist())
+        dd.NearItem(r["key"], f"{h:016x}", None, dd.image_survivor_order(r))
+        for r, h in zip(rows, hashes.tolist())
     ]
-    fn = dd._CompareBucketFn(dd.near_duplicate_pairs, 12, 4096, "hot_key")
+    fn = CompareBucketFn(dd.near_duplicate_pairs, 12, 4096, "hot_key", sort_by="phash")
     for name, hm in (("shipped", dd.hamming_matrix), ("popcount", popcount_hamming_matrix)):
         saved, dd.hamming_matrix = dd.hamming_matrix, hm
         try:
@@ -728,7 +733,7 @@ def hot_key(n: int) -> dict:
 
 
 def bucket_item_bytes() -> int:
-    """Python heap bytes of one (key, phash, order) bucket item, as _CompareBucketFn sorts it."""
+    """Python heap bytes of one (key, phash, order) bucket item, as CompareBucketFn sorts it."""
     from pipeline.curation.decisions import image_survivor_order
 
     row = next(light_rows(SynthSpec(n=10), 0, 1))
@@ -759,7 +764,7 @@ def lsh_at_scale(n: int, cost: dict[str, float], item: int, max_bucket: int = 40
         f"near_duplicate_pairs costs {cost['shipped']:.0f} ns/pair as shipped (from "
         f"{cost['source']}; micro-benchmark {cost['micro_shipped']:.0f}) and "
         f"{cost['popcount']:.1f} ns/pair with popcount (micro-benchmark, best of 3, 4096-row "
-        f"chunk). A bucket item is ~{item} B of Python heap while _CompareBucketFn sorts it.",
+        f"chunk). A bucket item is ~{item} B of Python heap while CompareBucketFn sorts it.",
         "",
         "| bands | bits/band | keys | largest bucket, rows | its sorted list | compares/row "
         "| CPU h shipped | CPU h popcount | largest key, h popcount | "
@@ -1051,9 +1056,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.run_one:
         job = json.loads(args.run_one)
         if job["fast_hamming"]:
-            import pipeline.curation.decisions
+            import pipeline.curation.dedupe.near
 
-            pipeline.dedupe.hamming_matrix = popcount_hamming_matrix
+            pipeline.curation.dedupe.near.hamming_matrix = popcount_hamming_matrix
         row = run_one(SynthSpec(**job["spec"]), job["stage"], job["chunk"], job["beam_args"])
         print(json.dumps(row))
         return 0

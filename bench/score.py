@@ -111,10 +111,15 @@ def make_pairs(folder: Path, n: int, seed: int = 0) -> list[str]:
 
 
 def tar_rows(path: str):
-    from pipeline.io.read_shards import _tar_members, group_members
+    from schemas import group_samples, tar_members
 
-    for sample in group_members(_tar_members(path)):
-        yield {"key": sample["__key__"], "caption": sample["txt"].decode(), "_image": sample["jpg"]}
+    with open(path, "rb") as f:
+        for sample in group_samples(tar_members(f)):
+            yield {
+                "key": sample["__key__"],
+                "caption": sample["txt"].decode(),
+                "_image": sample["jpg"],
+            }
 
 
 def make_checkpoint(model: str, folder: Path) -> Path:

@@ -25,9 +25,12 @@ from schemas.sample import (
     IMAGE_EXTENSIONS,
     KEY_LENGTH,
     TarMember,
+    group_samples,
+    image_extension,
     key_for_url,
     sample_to_members,
     split_member_name,
+    tar_members,
 )
 
 __all__ = [
@@ -46,9 +49,12 @@ __all__ = [
     "StatsMismatchError",
     "Status",
     "TarMember",
+    "group_samples",
+    "image_extension",
     "input_schema",
     "key_for_url",
     "result_schema",
     "sample_to_members",
     "split_member_name",
+    "tar_members",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 COMMANDS = {
-    "train": "trainer.train",
+    "train": "trainer.cli",
     "eval": "trainer.evaluate",
     "tokenizer": "trainer.tokenizer",
 }

@@ -14,6 +14,7 @@ path = save_checkpoint("runs/x", step=1000, state={...}, keep=3)
 path = resolve_checkpoint("latest", "runs/x")  # newest complete checkpoint
 state = load_checkpoint(path)                  # {"model": {...}, "step": 1000, ...}
 restore_training_state(model, optimizer, load_checkpoint(path, tensors=False))
+model, tokenizer = load_model("runs/x", torch.device("cpu"))  # for evaluation and scoring
 """
 
 from __future__ import annotations
@@ -41,8 +42,10 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
-from trainer.configs import UserError
+from trainer.configs import UserError, model_config_from_dict
 from trainer.distributed import barrier, is_distributed, is_sharded
+from trainer.model import CLIP
+from trainer.tokenizer import CaptionTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -265,3 +268,13 @@ def restore_rng(state: dict) -> None:
     np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
+
+
+def load_model(checkpoint: str, device: torch.device) -> tuple[CLIP, CaptionTokenizer]:
+    """Model and tokenizer from a checkpoint file or a run folder (its latest checkpoint)."""
+    state = load_checkpoint(resolve_checkpoint(checkpoint))
+    cfg = model_config_from_dict(state["model_config"])
+    model = CLIP(cfg)
+    model.load_state_dict(state["model"])
+    tokenizer = CaptionTokenizer.from_json(state["tokenizer"], cfg.text.context_length)
+    return model.to(device).eval(), tokenizer

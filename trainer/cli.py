@@ -1,4 +1,5 @@
-"""Command-line options of `webpairs train`, turned into the typed configs of trainer/configs.py.
+"""`webpairs train`: its command-line options, turned into the typed configs of trainer/configs.py,
+and `main`, which runs the loop of trainer/train.py.
 
 args = build_train_parser().parse_args(["--data", "s/{0..3}.tar", "--output", "runs/x"])
 cfg = run_config_from_args(args)   # RunConfig(model=..., data=..., schedule=..., train=..., eval=...)
@@ -7,7 +8,9 @@ cfg = run_config_from_args(args)   # RunConfig(model=..., data=..., schedule=...
 from __future__ import annotations
 
 import argparse
+import logging
 import math
+import sys
 
 from trainer.configs import (
     DataConfig,
@@ -17,12 +20,13 @@ from trainer.configs import (
     ScheduleConfig,
     TrainConfig,
     UserError,
-    check_input_sizes,
     check_loss,
     get_model_config,
     list_models,
     validate_model_config,
 )
+from trainer.schedule import check_input_sizes
+from trainer.train import train
 
 
 def build_train_parser() -> argparse.ArgumentParser:
@@ -283,3 +287,18 @@ def user_error_message(e: BaseException) -> str | None:
         text = text.splitlines()[-1]
         text = text.split(": ", 1)[1] if text.split(": ", 1)[0].endswith("Error") else text
     return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_train_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return train(run_config_from_args(args))
+    except Exception as e:
+        message = user_error_message(e)
+        if message is None:
+            raise
+        print(f"webpairs train: error: {message}", file=sys.stderr)
+        return 2

@@ -262,17 +262,6 @@ def check_image_size(cfg: ModelConfig, size: int) -> None:
         raise UserError(f"image size {size} is not a multiple of {what}")
 
 
-def check_input_sizes(schedule: ScheduleConfig, model: ModelConfig) -> None:
-    """The sizes before the finetune phase must suit the model (checked again on resume)."""
-    if schedule.image_size:
-        check_image_size(model, schedule.image_size)
-    context = schedule.context_length
-    if context and not 3 <= context <= model.text.context_length:
-        raise UserError(
-            f"context length {context} must be from 3 to the model's {model.text.context_length}"
-        )
-
-
 def check_loss(loss: LossConfig, model: ModelConfig) -> None:
     """The sigmoid loss needs the model's logit bias, InfoNCE must not have one."""
     if loss.kind not in ("infonce", "sigmoid") or loss.impl not in ("dense", "tiled"):

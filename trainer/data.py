@@ -28,10 +28,9 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from schemas.sample import IMAGE_EXTENSIONS
+from schemas.sample import image_extension
 from trainer.configs import DataConfig
 from trainer.position import (
     DataPosition,
@@ -45,12 +44,16 @@ from trainer.position import (
     shuffle_rng,
 )
 from trainer.sources import SHARD_ERRORS, DataError, Shard, iter_shard
-from trainer.transforms import decode_image, random_resized_crop, resize_center_crop
+from trainer.transforms import (
+    DECODE_ERRORS,
+    decode_image,
+    random_resized_crop,
+    resize_center_crop,
+)
 
 log = logging.getLogger(__name__)
 
 EPOCH_END = {"__epoch_end__": True}  # marker from read_stream: shuffle drains its buffer
-DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 _LOUD_SKIPS = 10  # warnings logged per stream before skips are only counted
 
 
@@ -155,10 +158,6 @@ def _pop_random(buffer: list, rng: np.random.Generator) -> dict:
     return buffer.pop()
 
 
-def find_image(sample: dict) -> str | None:
-    return next((ext for ext in IMAGE_EXTENSIONS if ext in sample), None)
-
-
 class SkipCounter:
     """Counts skipped samples into a stream's state and enforces the configured limit."""
 
@@ -186,7 +185,7 @@ def decode_samples(
     """Raw samples -> {"image": uint8 (3, S, S), "caption": str, ...}; corrupt ones skipped."""
     min_side = round(cfg.image_size / cfg.crop_scale[0] ** 0.5) if train else cfg.image_size
     for sample in samples:
-        ext = find_image(sample)
+        ext = image_extension(sample)
         if ext is None:
             skip("missing_image", sample, sorted(k for k in sample if not k.startswith("__")))
             continue
@@ -325,51 +324,6 @@ def new_position(shards: list[Shard], cfg: DataConfig, topology: Topology) -> Da
     return DataPosition(plan, topology, {}, 0, shard_fingerprint([s.url for s in shards]))
 
 
-class PositionTracker:
-    """In the training process: the state of each of this rank's streams as of the last batch
-    trained on, and which worker delivers next."""
-
-    def __init__(self, position: DataPosition, rank: int):
-        self.position = position
-        self.rank = rank
-        self.workers = position.topology.workers
-        own = range(rank * self.workers, (rank + 1) * self.workers)
-        self.streams: dict[int, StreamState | None] = {s: position.streams.get(s) for s in own}
-        self.next_worker = position.next_worker
-
-    def update(self, batch_state: dict) -> None:
-        state = dict(batch_state)
-        stream = state.pop("stream")
-        self.streams[stream] = StreamState.from_dict(state)
-        self.next_worker = (stream % self.workers + 1) % self.workers
-
-    def local_state(self) -> dict:
-        return {
-            "streams": {s: (st.to_dict() if st else None) for s, st in self.streams.items()},
-            "next_worker": self.next_worker,
-        }
-
-    def merged(self, local_states: list[dict]) -> DataPosition:
-        """The whole run's position from every rank's `local_state()`."""
-        streams = {}
-        for local in local_states:
-            for s, st in local["streams"].items():
-                streams[int(s)] = StreamState.from_dict(st) if st else None
-        p = self.position
-        return DataPosition(p.plan, p.topology, streams, self.next_worker, p.fingerprint)
-
-    def skipped(self) -> dict[str, int]:
-        """Cumulative skip counts of this rank's streams (for metrics)."""
-        totals: dict[str, int] = defaultdict(int)
-        for st in self.streams.values():
-            if st is None:
-                continue
-            for reason, n in st.skipped.items():
-                totals[reason] += n
-            totals["bad_shards"] += st.bad_shards
-        return dict(totals)
-
-
 def check_data(shards: list[Shard], cfg: DataConfig, topology: Topology, tokenizer) -> None:
     """Health checks before the first step; raises DataError with what to change."""
     if cfg.weights is not None:
@@ -394,7 +348,7 @@ def check_data(shards: list[Shard], cfg: DataConfig, topology: Topology, tokeniz
     if first is None:
         raise DataError(f"shard {url} holds no samples")
     _, key, members = first
-    if find_image(members) is None or "txt" not in members:
+    if image_extension(members) is None or "txt" not in members:
         raise DataError(
             f"sample {key!r} in {url} has members {sorted(members)}; expected KEY.jpg|png|webp "
             f"(an image) and KEY.txt (the caption)"

@@ -25,15 +25,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from schemas.sample import IMAGE_EXTENSIONS
-from trainer.checkpoint import load_checkpoint, resolve_checkpoint
-from trainer.configs import EvalConfig, UserError, model_config_from_dict
-from trainer.data import DECODE_ERRORS, find_image
+from schemas.sample import IMAGE_EXTENSIONS, image_extension
+from trainer.checkpoint import load_model
+from trainer.configs import EvalConfig, UserError
 from trainer.distributed import pick_device
-from trainer.model import CLIP
 from trainer.sources import SHARD_ERRORS, DataError, iter_shard, resolve_sources
-from trainer.tokenizer import CaptionTokenizer
-from trainer.transforms import decode_image, normalize, resize_center_crop
+from trainer.transforms import DECODE_ERRORS, decode_image, normalize, resize_center_crop
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +89,7 @@ def shard_samples(spec: str) -> Iterator[dict]:
 
 def labelled_shards(spec: str) -> Iterator[tuple[bytes, int]]:
     for sample in shard_samples(spec):
-        ext = find_image(sample)
+        ext = image_extension(sample)
         try:
             if "cls" in sample:
                 label = int(sample["cls"].decode().strip())
@@ -165,9 +162,9 @@ def zeroshot_accuracy(
 def retrieval_recall(model, tokenizer, spec, image_size, batch_size, device, ks=(1, 5, 10)):
     """Recall@K both ways over the image-caption pairs of shards `spec` (one caption each)."""
     pairs = (
-        (s[find_image(s)], s["txt"].decode("utf-8", errors="replace"))
+        (s[image_extension(s)], s["txt"].decode("utf-8", errors="replace"))
         for s in shard_samples(spec)
-        if find_image(s) and "txt" in s
+        if image_extension(s) and "txt" in s
     )
     image_features, text_features = [], []
     for images, captions in image_batches(pairs, image_size, batch_size):
@@ -233,16 +230,6 @@ def _check_labels(batches, classnames):
         if bad:
             raise UserError(f"label {bad[0]} is outside the {len(classnames)} class names")
         yield images, labels
-
-
-def load_model(checkpoint: str, device: torch.device) -> tuple[CLIP, CaptionTokenizer]:
-    """Model and tokenizer from a checkpoint file or a run folder (its latest checkpoint)."""
-    state = load_checkpoint(resolve_checkpoint(checkpoint))
-    cfg = model_config_from_dict(state["model_config"])
-    model = CLIP(cfg)
-    model.load_state_dict(state["model"])
-    tokenizer = CaptionTokenizer.from_json(state["tokenizer"], cfg.text.context_length)
-    return model.to(device).eval(), tokenizer
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -299,3 +299,48 @@ class DataPosition:
                 pieces.append(own[st.cursor].from_index(st.next_index))
                 pieces.extend(own[st.cursor + 1 :])
         return pieces
+
+
+class PositionTracker:
+    """In the training process: the state of each of this rank's streams as of the last batch
+    trained on, and which worker delivers next."""
+
+    def __init__(self, position: DataPosition, rank: int):
+        self.position = position
+        self.rank = rank
+        self.workers = position.topology.workers
+        own = range(rank * self.workers, (rank + 1) * self.workers)
+        self.streams: dict[int, StreamState | None] = {s: position.streams.get(s) for s in own}
+        self.next_worker = position.next_worker
+
+    def update(self, batch_state: dict) -> None:
+        state = dict(batch_state)
+        stream = state.pop("stream")
+        self.streams[stream] = StreamState.from_dict(state)
+        self.next_worker = (stream % self.workers + 1) % self.workers
+
+    def local_state(self) -> dict:
+        return {
+            "streams": {s: (st.to_dict() if st else None) for s, st in self.streams.items()},
+            "next_worker": self.next_worker,
+        }
+
+    def merged(self, local_states: list[dict]) -> DataPosition:
+        """The whole run's position from every rank's `local_state()`."""
+        streams = {}
+        for local in local_states:
+            for s, st in local["streams"].items():
+                streams[int(s)] = StreamState.from_dict(st) if st else None
+        p = self.position
+        return DataPosition(p.plan, p.topology, streams, self.next_worker, p.fingerprint)
+
+    def skipped(self) -> dict[str, int]:
+        """Cumulative skip counts of this rank's streams (for metrics)."""
+        totals: dict[str, int] = defaultdict(int)
+        for st in self.streams.values():
+            if st is None:
+                continue
+            for reason, n in st.skipped.items():
+                totals[reason] += n
+            totals["bad_shards"] += st.bad_shards
+        return dict(totals)

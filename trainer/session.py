@@ -32,16 +32,15 @@ from trainer.configs import (
     RunConfig,
     TrainConfig,
     UserError,
-    check_input_sizes,
     check_loss,
     model_config_from_dict,
 )
-from trainer.data import PositionTracker, check_data, new_position
+from trainer.data import check_data, new_position
 from trainer.distributed import World, all_gather_objects, barrier, is_sharded, wrap_model
 from trainer.model import CLIP
 from trainer.monitor import truncate_seen_keys
-from trainer.position import DataPosition, Topology
-from trainer.schedule import input_sizes_at
+from trainer.position import DataPosition, PositionTracker, Topology
+from trainer.schedule import check_input_sizes, data_at
 from trainer.sources import resolve_sources
 from trainer.tokenizer import CaptionTokenizer, byte_tokenizer
 
@@ -107,17 +106,21 @@ def seed_rank(seed: int, rank: int, step: int) -> None:
     torch.manual_seed(seed * 1_000_003 + rank * 7919 + step)
 
 
-def resolve_model_config(cfg: RunConfig, tokenizer: CaptionTokenizer, step: int) -> ModelConfig:
-    """The model config with what the tokenizer decides (vocab, special ids) filled in, and
-    the data config's image size / context length those of step `step`."""
-    model_cfg = cfg.model
-    model_cfg.text.vocab_size = tokenizer.vocab_size
-    model_cfg.text.eot_token_id = tokenizer.eot_id
-    model_cfg.text.pad_token_id = tokenizer.pad_id
-    check_input_sizes(cfg.schedule, model_cfg)
-    check_loss(cfg.loss, model_cfg)
-    cfg.data.image_size, cfg.data.context_length = input_sizes_at(step, cfg.schedule, model_cfg)
-    return model_cfg
+def resolve_model_config(
+    cfg: RunConfig, model: ModelConfig, tokenizer: CaptionTokenizer
+) -> ModelConfig:
+    """A copy of `model` with what the tokenizer decides (vocab, special ids) filled in,
+    checked against the run's schedule and loss."""
+    text = dataclasses.replace(
+        model.text,
+        vocab_size=tokenizer.vocab_size,
+        eot_token_id=tokenizer.eot_id,
+        pad_token_id=tokenizer.pad_id,
+    )
+    resolved = dataclasses.replace(model, text=text)
+    check_input_sizes(cfg.schedule, resolved)
+    check_loss(cfg.loss, resolved)
+    return resolved
 
 
 def tokenizer_for(tokenizer: CaptionTokenizer, context_length: int) -> CaptionTokenizer:
@@ -132,18 +135,21 @@ def setup(cfg: RunConfig, world: World) -> Session:
     saved = None
     if t.resume:
         saved = load_checkpoint(resolve_checkpoint(t.resume, run_dir), tensors=False)
+    # a resumed run's model is the checkpoint's, whatever the flags say
+    model_cfg = model_config_from_dict(saved["model_config"]) if saved else cfg.model
+    context_length = model_cfg.text.context_length
     if saved is not None:
-        cfg.model = model_config_from_dict(saved["model_config"])  # the checkpoint decides
-        tokenizer = CaptionTokenizer.from_json(saved["tokenizer"], cfg.model.text.context_length)
+        tokenizer = CaptionTokenizer.from_json(saved["tokenizer"], context_length)
     elif t.tokenizer:
-        tokenizer = CaptionTokenizer.from_file(t.tokenizer, cfg.model.text.context_length)
+        tokenizer = CaptionTokenizer.from_file(t.tokenizer, context_length)
     else:
-        tokenizer = CaptionTokenizer(byte_tokenizer(), cfg.model.text.context_length)
-    model_cfg = resolve_model_config(cfg, tokenizer, saved["step"] if saved else 0)
+        tokenizer = CaptionTokenizer(byte_tokenizer(), context_length)
+    model_cfg = resolve_model_config(cfg, model_cfg, tokenizer)
+    data = data_at(saved["step"] if saved else 0, cfg.schedule, cfg.data, model_cfg)
 
-    shards = resolve_sources(cfg.data.data)
-    topology = Topology(world.world_size, max(1, cfg.data.workers))
-    check_data(shards, cfg.data, topology, tokenizer_for(tokenizer, cfg.data.context_length))
+    shards = resolve_sources(data.data)
+    topology = Topology(world.world_size, max(1, data.workers))
+    check_data(shards, data, topology, tokenizer_for(tokenizer, data.context_length))
     if t.accum_steps > 1 and model_cfg.vision.kind == "resnet" and world.is_main:
         log.warning("BatchNorm normalizes each micro-batch on its own under --accum-steps")
 
@@ -154,7 +160,7 @@ def setup(cfg: RunConfig, world: World) -> Session:
     if t.strategy == "fsdp" and world.world_size == 1:
         log.info("one rank: --strategy fsdp has nothing to shard; the model stays whole")
     optimizer = make_optimizer(model, t)  # after FSDP2 made the parameters shards
-    position = new_position(shards, cfg.data, topology)
+    position = new_position(shards, data, topology)
     session = Session(model, wrapped, optimizer, tokenizer, shards, position, loss=cfg.loss)
     if saved is None:
         seed_rank(t.seed, world.rank, 0)

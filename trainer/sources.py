@@ -28,7 +28,7 @@ import fsspec
 from webdataset.gopen import gopen
 
 from schemas import Manifest, ManifestError
-from schemas.sample import split_member_name
+from schemas.sample import group_samples, tar_members
 from trainer.configs import UserError
 
 log = logging.getLogger(__name__)
@@ -137,25 +137,13 @@ def open_shard(url: str):
 
 
 def iter_shard(url: str) -> Iterator[tuple[int, str, dict[str, bytes]]]:
-    """`(index, key, {ext: bytes})` for each key group of a tar, in tar order.
+    """`(index, key, {ext: bytes})` for each sample of a tar, in tar order.
 
-    Members are grouped by `schemas.split_member_name`; webdataset's `__*__` metadata members
-    are ignored. Raises (tarfile.TarError, OSError) on a shard that cannot be read to the end;
-    the group being read when that happens is not yielded.
+    Members are grouped as the pipeline groups them (`schemas.group_samples`); webdataset's
+    `__*__` metadata members are ignored. Raises (tarfile.TarError, OSError) on a shard that
+    cannot be read to the end; the sample being read when that happens is not yielded.
     """
-    with open_shard(url) as f, tarfile.open(fileobj=f, mode="r|*") as tar:
-        index, key, members = 0, None, {}
-        for info in tar:
-            if not info.isreg() or os.path.basename(info.name).startswith("__"):
-                continue
-            member_key, ext = split_member_name(info.name)
-            data = tar.extractfile(info).read()
-            tar.members = []  # streaming: do not keep every header in memory
-            if member_key != key:
-                if key is not None:
-                    yield index, key, members
-                    index += 1
-                key, members = member_key, {}
-            members[ext.lower()] = data
-        if key is not None:
-            yield index, key, members
+    with open_shard(url) as f:
+        for index, sample in enumerate(group_samples(tar_members(f))):
+            key = sample.pop("__key__")
+            yield index, key, sample

@@ -28,7 +28,6 @@ import logging
 import math
 import os
 import signal
-import sys
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -37,9 +36,8 @@ from pathlib import Path
 import torch
 
 from trainer.accum import forward_backward
-from trainer.cli import build_train_parser, run_config_from_args, user_error_message
 from trainer.configs import RunConfig, TrainConfig
-from trainer.data import PositionTracker, build_loader
+from trainer.data import build_loader
 from trainer.distributed import (
     World,
     all_reduce_mean,
@@ -51,8 +49,8 @@ from trainer.distributed import (
 )
 from trainer.loss import batch_accuracy, contrastive_loss
 from trainer.monitor import MetricsLog, SeenKeys, StallWatchdog
-from trainer.position import DataPosition
-from trainer.schedule import in_finetune_phase, input_sizes_at, lr_at
+from trainer.position import DataPosition, PositionTracker
+from trainer.schedule import data_at, in_finetune_phase, input_sizes_at, lr_at
 from trainer.session import Session, full_model, save, setup, tokenizer_for, uses_bf16
 from trainer.sources import total_samples
 from trainer.transforms import normalize
@@ -60,21 +58,6 @@ from trainer.transforms import normalize
 log = logging.getLogger(__name__)
 
 EXIT_PREEMPTED = 143  # 128 + SIGTERM: checkpoint saved, run again with --resume latest
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_train_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    try:
-        return train(run_config_from_args(args))
-    except Exception as e:
-        message = user_error_message(e)
-        if message is None:
-            raise
-        print(f"webpairs train: error: {message}", file=sys.stderr)
-        return 2
 
 
 def autocast_for(precision: str, device: torch.device):
@@ -144,9 +127,8 @@ def _nan_loss(loss_fn, *outputs):
 
 def open_batches(s: Session, cfg: RunConfig, position: DataPosition, world: World):
     """This rank's batches from `position` on, at the input sizes of step `s.step`."""
-    image_size, context_length = input_sizes_at(s.step, cfg.schedule, s.model.cfg)
-    data = dataclasses.replace(cfg.data, image_size=image_size, context_length=context_length)
-    tokenizer = tokenizer_for(s.tokenizer, context_length)
+    data = data_at(s.step, cfg.schedule, cfg.data, s.model.cfg)
+    tokenizer = tokenizer_for(s.tokenizer, data.context_length)
     if in_finetune_phase(s.step, cfg.schedule):
         s.model.set_patch_dropout(0.0)  # the final phase sees whole images (FLIP)
     return iter(build_loader(s.shards, data, tokenizer, position, world.rank))
@@ -159,7 +141,8 @@ def run(cfg: RunConfig, world: World) -> int:
     metrics = MetricsLog(run_dir, enabled=world.is_main)
     global_batch = cfg.data.batch_size * world.world_size
     if world.is_main:
-        save_run_config(run_dir, cfg)
+        data = data_at(s.step, cfg.schedule, cfg.data, s.model.cfg)
+        save_run_config(run_dir, dataclasses.replace(cfg, model=s.model.cfg, data=data))
         log.info(
             "model %s: %.2fM parameters; %d shards; %d ranks x %d loader workers on %s",
             s.model.cfg.name,
@@ -265,7 +248,7 @@ def evaluate_during_training(s: Session, cfg: RunConfig, world: World, metrics) 
         from trainer.evaluate import evaluate
 
         model.eval()
-        size = cfg.model.vision.image_size
+        size = s.model.cfg.vision.image_size
         results = evaluate(model, s.tokenizer, cfg.eval, size, world.device)
         model.train()
         metrics.write({"step": s.step, **{f"eval/{k}": v for k, v in results.items()}})

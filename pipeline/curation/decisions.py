@@ -180,3 +180,30 @@ class DropRemoved(beam.PTransform):
             | "JoinByKey" >> beam.CoGroupByKey()
             | "KeepUnremoved" >> beam.ParDo(_DropRemovedFn())
         )
+
+
+class _CountByReasonFn(beam.DoFn):
+    def __init__(self, namespace: str):
+        self.namespace = namespace
+
+    def setup(self):
+        self._counters = {}
+
+    def process(self, d):
+        counter = self._counters.get(d["reason"])
+        if counter is None:
+            counter = self._counters[d["reason"]] = Metrics.counter(self.namespace, d["reason"])
+        counter.inc()
+        yield d
+
+
+class CountRemoved(beam.PTransform):
+    """A stage's removal decisions, unchanged, each counted by reason (a Beam counter in the
+    stage's namespace, as filters count theirs)."""
+
+    def __init__(self, namespace: str):
+        super().__init__()
+        self.namespace = namespace
+
+    def expand(self, decisions):
+        return decisions | "CountByReason" >> beam.ParDo(_CountByReasonFn(self.namespace))

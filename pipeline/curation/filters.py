@@ -12,12 +12,11 @@ import re
 from dataclasses import dataclass
 
 import apache_beam as beam
-from apache_beam.metrics import Metrics
 
+from pipeline.curation.base import KeepRows, RowFilter
 from pipeline.curation.captions import boilerplate_reason, words
 from pipeline.io.url_lists import read_list_file
-from pipeline.results import decision
-from schemas import Reason, Status
+from schemas import Reason
 
 
 @dataclass(frozen=True)
@@ -101,22 +100,19 @@ def keep(
     return (True, None, None) if failed is None else (False, failed[0], failed[1])
 
 
-class _FilterFn(beam.DoFn):
+class CaptionAndImageRules(RowFilter):
+    """Every rule of FilterConfig; the blocklist is compiled once per worker."""
+
+    namespace = "filters"
+
     def __init__(self, cfg: FilterConfig, terms: tuple[str, ...]):
         self.cfg, self.terms = cfg, terms
 
     def setup(self):
         self._blocked = blocklist_pattern(self.terms)
 
-    def process(self, row):
-        ok, reason, detail = keep(row, self.cfg, self._blocked)
-        if ok:
-            yield row
-        else:
-            Metrics.counter("filters", reason).inc()
-            yield beam.pvalue.TaggedOutput(
-                "removed", decision(row["key"], Status.FILTERED, reason, error=detail)
-            )
+    def keep(self, row):
+        return keep(row, self.cfg, self._blocked)
 
 
 class Filter(beam.PTransform):
@@ -128,7 +124,4 @@ class Filter(beam.PTransform):
         self.terms = load_blocklist(cfg.blocklist)  # read once, when the graph is built
 
     def expand(self, light):
-        out = light | "Keep" >> beam.ParDo(_FilterFn(self.cfg, self.terms)).with_outputs(
-            "removed", main="kept"
-        )
-        return {"kept": out.kept, "removed": out.removed}
+        return light | "Rules" >> KeepRows(CaptionAndImageRules(self.cfg, self.terms))

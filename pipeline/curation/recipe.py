@@ -23,9 +23,11 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
+import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.curation.captions import CaptionConfig
+from pipeline.curation.decisions import ResolveChains
 from pipeline.curation.decontaminate import Decontaminate, DecontaminateConfig
 from pipeline.curation.dedupe.captions import CaptionDedupe, CaptionDedupeConfig
 from pipeline.curation.dedupe.exact import ExactDedupe, ExactDedupeConfig
@@ -217,3 +219,26 @@ def with_overrides(
             "the recipe runs 'decontaminate' but names no evaluation set (--decontaminate PATH)"
         )
     return r
+
+
+class ApplyStages(beam.PTransform):
+    """Light rows -> {"kept": the survivors, "removed": every stage's decisions}: the stages in
+    order, each on what the one before kept. A survivor of one stage may be removed by a later
+    one, so decisions are resolved to name the final survivor."""
+
+    def __init__(self, stages: list[tuple[str, beam.PTransform]]):
+        super().__init__()
+        self.stages = stages
+
+    def expand(self, light):
+        removed = []
+        for label, stage in self.stages:
+            out = light | label >> stage
+            light = out["kept"]
+            removed.append(out["removed"])
+        if not removed:
+            removed.append(light.pipeline | "NoDecisions" >> beam.Create([]))
+        decisions = (
+            removed | "AllDecisions" >> beam.Flatten() | "ResolveSurvivors" >> ResolveChains()
+        )
+        return {"kept": light, "removed": decisions}

@@ -10,11 +10,10 @@ from dataclasses import dataclass
 
 import apache_beam as beam
 import pyarrow as pa
-from apache_beam.metrics import Metrics
 
+from pipeline.curation.base import KeepRows, RowFilter
 from pipeline.io.url_lists import InputError
-from pipeline.results import decision
-from schemas import Reason, Status
+from schemas import Reason
 from schemas.records import EMBEDDING_FIELD_NAMES
 
 logger = logging.getLogger(__name__)
@@ -91,21 +90,20 @@ def check_rules(rules: tuple[Rule, ...], schema: pa.Schema) -> None:
                     raise InputError(f"--where {rule}: {v.strip()!r} is not a number") from None
 
 
-class _WhereFn(beam.DoFn):
+class WhereRules(RowFilter):
+    """The first rule a row fails removes it (reason rule_COLUMN)."""
+
+    namespace = "select"
+
     def __init__(self, rules: tuple[Rule, ...]):
         self.rules = rules
 
-    def process(self, row):
+    def keep(self, row):
         for rule in self.rules:
             if not rule_holds(row, rule):
-                reason = Reason.rule(rule.column)
-                Metrics.counter("select", reason).inc()
                 detail = f"{rule.column}={row.get(rule.column)!r} fails {rule}"
-                yield beam.pvalue.TaggedOutput(
-                    "removed", decision(row["key"], Status.FILTERED, reason, error=detail)
-                )
-                return
-        yield row
+                return False, Reason.rule(rule.column), detail
+        return True, None, None
 
 
 class Where(beam.PTransform):
@@ -116,7 +114,4 @@ class Where(beam.PTransform):
         self.rules = rules
 
     def expand(self, rows):
-        out = rows | "Rules" >> beam.ParDo(_WhereFn(self.rules)).with_outputs(
-            "removed", main="kept"
-        )
-        return {"kept": out.kept, "removed": out.removed}
+        return rows | "Rules" >> KeepRows(WhereRules(self.rules))

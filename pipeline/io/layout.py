@@ -15,6 +15,16 @@ REPORT_NAME = "report.html"
 REJECTS_DIR = "rejects"  # rejects/*.parquet: every row not written, with its reason
 FOUND_NAME = "decontamination.json"
 STAGING_DIR = "_staging"  # the crawl log of --resume
+# everything a run writes into OUTPUT (what --overwrite clears)
+OUTPUT_NAMES = (
+    SHARDS_DIR,
+    REJECTS_DIR,
+    STATS_NAME,
+    MANIFEST_NAME,
+    REPORT_NAME,
+    FOUND_NAME,
+    STAGING_DIR,
+)
 
 
 def join_path(base: str, *parts: str) -> str:

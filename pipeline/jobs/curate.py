@@ -16,34 +16,35 @@ from dataclasses import replace
 import apache_beam as beam
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import StandardOptions
 
-from pipeline.accounting.report import write_report
-from pipeline.accounting.stats import LogProgress, WriteStats
+from pipeline.accounting.stats import LogProgress
 from pipeline.crawl.download import DownloadImages
 from pipeline.crawl.images import DecodeResize
 from pipeline.curation.captions import AnnotateCaptions
-from pipeline.curation.decisions import ResolveChains
-from pipeline.curation.decontaminate import refusal
 from pipeline.curation.dedupe.urls import DedupeUrls
+from pipeline.curation.recipe import ApplyStages
 from pipeline.io.layout import (
-    FOUND_NAME,
     MANIFEST_NAME,
-    REJECTS_DIR,
-    REPORT_NAME,
-    SHARDS_DIR,
     STAGING_DIR,
-    STATS_NAME,
     join_path,
 )
 from pipeline.io.previous import ExcludePrevious
 from pipeline.io.read_shards import ReadShards, ShardInput, list_tars
-from pipeline.io.shards import WriteManifest, WriteShards, light_row, public_row
+from pipeline.io.shards import WriteShards, light_row, public_row
 from pipeline.io.staging import ReadStaged, SkipStaged, StageRows, staging_dir
 from pipeline.io.url_lists import InputError, ReadPairs, resolve
 from pipeline.jobs.options import CurateConfig, CurateOptions, config_from_options
-from pipeline.jobs.shell import check_flags, job_main, summary_line
-from pipeline.results import parquet_schema
+from pipeline.jobs.shell import (
+    clear,
+    existing_outputs,
+    finish,
+    job_main,
+    job_options,
+    run_pipeline,
+    summary_line,
+    write_tail,
+)
 from pipeline.scoring.identity import ScorerIdentity
 from pipeline.scoring.pairs import ScorePairs, check_scoring
 from schemas import Stats, Status
@@ -107,7 +108,6 @@ def _split_ok(row):
 def curate_and_write(images, cfg: CurateConfig, scorer: ScorerIdentity | None = None) -> dict:
     """Decoded rows -> [scoring] -> curation stages -> shards.
     -> {"rows": written, "removed", "shards", "not_ok"}."""
-    p = images.pipeline
     split = images | "SplitOk" >> beam.ParDo(_split_ok).with_outputs("not_ok", main="ok")
     ok, not_ok = split.ok, split.not_ok
     recipe = cfg.recipe
@@ -119,19 +119,14 @@ def curate_and_write(images, cfg: CurateConfig, scorer: ScorerIdentity | None = 
         ok = ok | "ScorePairs" >> ScorePairs(recipe.score, scorer)
         extra += EMBEDDING_FIELDS if recipe.score.embeddings else ()
     light = ok | "LightRows" >> beam.Map(light_row)
-    removed = []
-    for stage in recipe.stages:
-        curated = light | f"Curate:{stage}" >> recipe.transform(stage, cfg.output)
-        light = curated["kept"]
-        removed.append(curated["removed"])
-    if not removed:
-        removed.append(p | "NoDecisions" >> beam.Create([]))
-    # A survivor of one stage may be removed by a later one: name the final survivor.
-    decisions = removed | "AllDecisions" >> beam.Flatten() | "ResolveSurvivors" >> ResolveChains()
+    stages = [(f"Curate:{s}", recipe.transform(s, cfg.output)) for s in recipe.stages]
+    curated = light | "Curation" >> ApplyStages(stages)
     shards_cfg = replace(cfg.shards, extra_fields=extra)
-    written = {"rows": ok, "survivors": light, "removed": decisions} | "WriteShards" >> WriteShards(
-        shards_cfg
-    )
+    written = {
+        "rows": ok,
+        "survivors": curated["kept"],
+        "removed": curated["removed"],
+    } | "WriteShards" >> WriteShards(shards_cfg)
     return {**written, "not_ok": not_ok}
 
 
@@ -153,23 +148,18 @@ def build(
         | "AllResults" >> beam.Flatten()
         | "Progress" >> beam.ParDo(LogProgress())
     )
-    _ = rejects | "WriteRejects" >> beam.io.WriteToParquet(
-        join_path(cfg.output, REJECTS_DIR, "rejects"),
-        parquet_schema(cfg.read.extra_fields),
-        file_name_suffix=".parquet",
+    write_tail(
+        cfg.output,
+        written=written,
+        rejects=rejects,
+        results=results,
+        input_count=source["input_count"],
+        extra_fields=cfg.read.extra_fields,
+        options_record=options_record,
+        source=cfg.incremental or cfg.retry_failed,  # this output extends that one
+        scorer=scorer.to_dict() if scorer else None,
+        warnings=source["warnings"],
     )
-    lineage = cfg.incremental or cfg.retry_failed  # this output extends that one
-    _ = written["shards"] | "WriteManifest" >> WriteManifest(
-        cfg.output, options_record, source=lineage, scorer=scorer.to_dict() if scorer else None
-    )
-    stats_inputs = {
-        "results": results,
-        "written": written["rows"],
-        "input_count": source["input_count"],
-        "shards": written["shards"],
-        "warnings": source["warnings"],
-    }
-    _ = stats_inputs | "WriteStats" >> WriteStats(cfg.output)
 
 
 def prepare_output(cfg: CurateConfig) -> None:
@@ -177,16 +167,7 @@ def prepare_output(cfg: CurateConfig) -> None:
     (and only it) for --resume."""
     out = cfg.output
     finished = FileSystems.exists(join_path(out, MANIFEST_NAME))
-    names = (
-        SHARDS_DIR,
-        REJECTS_DIR,
-        STATS_NAME,
-        MANIFEST_NAME,
-        REPORT_NAME,
-        FOUND_NAME,
-        STAGING_DIR,
-    )
-    leftovers = [join_path(out, n) for n in names if FileSystems.exists(join_path(out, n))]
+    leftovers = existing_outputs(out)
     if cfg.resume and cfg.overwrite:
         raise InputError("--resume and --overwrite contradict each other; pass one")
     if cfg.resume:
@@ -200,17 +181,12 @@ def prepare_output(cfg: CurateConfig) -> None:
     elif leftovers and not cfg.overwrite:
         what = "a finished run" if finished else "an unfinished run (--resume continues it)"
         raise InputError(f"--output {out} already holds {what}; pass --overwrite to replace it")
-    if leftovers:
-        logger.info("removing %s", ", ".join(leftovers))
-        FileSystems.delete(leftovers)
+    clear(leftovers)
 
 
 def run(argv: list[str]) -> Stats:
-    options = PipelineOptions(argv)
-    check_flags(argv, options)
+    options = job_options(argv)
     opts = options.view_as(CurateOptions)
-    if options.view_as(StandardOptions).runner is None:
-        options.view_as(StandardOptions).runner = "DirectRunner"
     cfg = config_from_options(opts)
     if (cfg.read.input_format or "") == "webdataset" or cfg.read.input.lower().endswith(
         (".tar", "manifest.json")
@@ -236,18 +212,9 @@ def run(argv: list[str]) -> Stats:
         cfg.output,
         options.view_as(StandardOptions).runner,
     )
-    try:
-        p.run().wait_until_finish()
-    except Exception:
-        refused = refusal(cfg.output)  # too little of the evaluation set could be read
-        if refused is None:
-            raise
-        raise InputError(refused) from None
+    run_pipeline(p, cfg.output)
 
-    with FileSystems.open(join_path(cfg.output, STATS_NAME)) as f:
-        stats = Stats.from_json(f.read().decode("utf-8"))
-    stats.check()  # fails loudly when a row was lost or counted twice
-    write_report(cfg.output)
+    stats = finish(cfg.output)  # fails loudly when a row was lost or counted twice
     if not opts.keep_staging and FileSystems.exists(staging_dir(cfg.output)):
         FileSystems.delete([staging_dir(cfg.output)])  # the run is complete: the crawl log is spent
     return stats

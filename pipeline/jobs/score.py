@@ -29,14 +29,13 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipeline.curation.recipe import load_recipe
 from pipeline.io.reshard import ReadSource, Source, open_source
 from pipeline.io.shards import save_manifest, write_atomically
 from pipeline.io.url_lists import InputError
 from pipeline.jobs.options import CurateOptions
-from pipeline.jobs.shell import check_flags, job_main
+from pipeline.jobs.shell import job_main, job_options
 from pipeline.results import parquet_schema
 from pipeline.scoring.identity import ScorerIdentity
 from pipeline.scoring.pairs import SCORE_COLUMN, ScoreConfig, ScorePairs, check_scoring
@@ -162,10 +161,7 @@ def config_from_options(opts: CurateOptions) -> tuple[str, ScoreConfig]:
 
 def run(argv: list[str]) -> tuple[Source, dict]:
     """-> (the source, {counter name: value}) once its metadata records the scores."""
-    options = PipelineOptions(argv)
-    check_flags(argv, options)
-    if options.view_as(StandardOptions).runner is None:
-        options.view_as(StandardOptions).runner = "DirectRunner"
+    options = job_options(argv)
     spec, cfg = config_from_options(options.view_as(CurateOptions))
     source = open_source(spec)
     scorer = check_scoring(cfg, ())  # loads the model once, here: one clear error if unusable

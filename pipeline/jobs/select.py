@@ -24,31 +24,24 @@ import sys
 from dataclasses import dataclass, replace
 
 import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline.accounting.report import write_report
-from pipeline.accounting.stats import WriteStats
 from pipeline.curation.captions import AnnotateCaptions, CaptionConfig
-from pipeline.curation.decisions import ResolveChains
-from pipeline.curation.decontaminate import refusal
-from pipeline.curation.recipe import Recipe, load_recipe, with_overrides
+from pipeline.curation.recipe import ApplyStages, Recipe, load_recipe, with_overrides
 from pipeline.curation.rules import Rule, Where, check_rules, parse_rule
-from pipeline.io.layout import (
-    FOUND_NAME,
-    MANIFEST_NAME,
-    REJECTS_DIR,
-    REPORT_NAME,
-    SHARDS_DIR,
-    STATS_NAME,
-    join_path,
-)
 from pipeline.io.reshard import ReadSource, Reshard, Source, open_source
-from pipeline.io.shards import ShardConfig, WriteManifest, public_row
+from pipeline.io.shards import ShardConfig, public_row
 from pipeline.io.url_lists import InputError
+from pipeline.jobs import shell
 from pipeline.jobs.options import CurateOptions
-from pipeline.jobs.shell import check_flags, job_main, summary_line
-from pipeline.results import parquet_schema
+from pipeline.jobs.shell import (
+    finish,
+    job_main,
+    job_options,
+    run_pipeline,
+    summary_line,
+    write_tail,
+)
 from pipeline.scoring.identity import ScorerIdentity, is_remote
 from pipeline.scoring.pairs import ScorePairs, check_scoring
 from schemas import Stats
@@ -114,18 +107,10 @@ def build(
         rows = rows | "DetectLanguage" >> AnnotateCaptions(captions)
     input_count = rows | "CountInput" >> beam.combiners.Count.Globally()
 
-    light, removed = rows, []
-    if cfg.rules:
-        out = light | "Where" >> Where(cfg.rules)
-        light = out["kept"]
-        removed.append(out["removed"])
-    for stage in cfg.recipe.stages:
-        out = light | f"Select:{stage}" >> cfg.recipe.transform(stage, cfg.output)
-        light = out["kept"]
-        removed.append(out["removed"])
-    if not removed:
-        removed.append(p | "NoDecisions" >> beam.Create([]))
-    decisions = removed | "AllDecisions" >> beam.Flatten() | "ResolveSurvivors" >> ResolveChains()
+    stages = [("Where", Where(cfg.rules))] if cfg.rules else []
+    stages += [(f"Select:{s}", cfg.recipe.transform(s, cfg.output)) for s in cfg.recipe.stages]
+    selected = rows | "Selection" >> ApplyStages(stages)
+    light, decisions = selected["kept"], selected["removed"]
 
     extra = source.extra_fields
     if (scorer is not None and cfg.recipe.score.embeddings) or (
@@ -142,23 +127,17 @@ def build(
         | "JoinDecisions" >> beam.CoGroupByKey()
         | "RejectRows" >> beam.FlatMap(_reject_rows)
     )
-    _ = rejects | "WriteRejects" >> beam.io.WriteToParquet(
-        join_path(cfg.output, REJECTS_DIR, "rejects"),
-        parquet_schema(source.extra_fields),
-        file_name_suffix=".parquet",
+    write_tail(
+        cfg.output,
+        written=written,
+        rejects=rejects,
+        results=(written["rows"], rejects) | "AllResults" >> beam.Flatten(),
+        input_count=input_count,
+        extra_fields=source.extra_fields,
+        options_record=options_record,
+        source=source.path,
+        scorer=scorer.to_dict() if scorer is not None else source.manifest.scorer,
     )
-    scorer_record = scorer.to_dict() if scorer is not None else source.manifest.scorer
-    _ = written["shards"] | "WriteManifest" >> WriteManifest(
-        cfg.output, options_record, source=source.path, scorer=scorer_record
-    )
-    results = (written["rows"], rejects) | "AllResults" >> beam.Flatten()
-    stats_inputs = {
-        "results": results,
-        "written": written["rows"],
-        "input_count": input_count,
-        "shards": written["shards"],
-    }
-    _ = stats_inputs | "WriteStats" >> WriteStats(cfg.output)
 
 
 class SelectOptions(PipelineOptions):
@@ -235,19 +214,11 @@ def prepare_output(cfg: SelectConfig, source: Source) -> None:
     out = cfg.output.rstrip("/")
     if not is_remote(out) and os.path.abspath(out) == source.path:
         raise InputError("--output must differ from --input: select writes a new dataset")
-    names = (SHARDS_DIR, REJECTS_DIR, STATS_NAME, MANIFEST_NAME, REPORT_NAME, FOUND_NAME)
-    leftovers = [join_path(out, n) for n in names if FileSystems.exists(join_path(out, n))]
-    if leftovers and not cfg.overwrite:
-        raise InputError(f"--output {out} already holds a dataset; pass --overwrite to replace it")
-    if leftovers:
-        FileSystems.delete(leftovers)
+    shell.prepare_output(out, cfg.overwrite)
 
 
 def run(argv: list[str]) -> Stats:
-    options = PipelineOptions(argv)
-    check_flags(argv, options)
-    if options.view_as(StandardOptions).runner is None:
-        options.view_as(StandardOptions).runner = "DirectRunner"
+    options = job_options(argv)
     cfg = config_from_options(options.view_as(CurateOptions), options.view_as(SelectOptions))
     source = open_source(cfg.input)
     check_rules(cfg.rules, source.schema)
@@ -270,18 +241,8 @@ def run(argv: list[str]) -> Stats:
     p = beam.Pipeline(options=options)
     build(p, replace(cfg, output=cfg.output.rstrip("/")), source, scorer, record)
     logger.info("selecting %s -> %s", source.path, cfg.output)
-    try:
-        p.run().wait_until_finish()
-    except Exception:
-        refused = refusal(cfg.output)  # too little of the evaluation set could be read
-        if refused is None:
-            raise
-        raise InputError(refused) from None
-    with FileSystems.open(join_path(cfg.output, STATS_NAME)) as f:
-        stats = Stats.from_json(f.read().decode("utf-8"))
-    stats.check()
-    write_report(cfg.output)
-    return stats
+    run_pipeline(p, cfg.output)
+    return finish(cfg.output)
 
 
 def _help(prog: str) -> str:

@@ -1,14 +1,32 @@
-"""The shell every job runs in: flag checks, the help text, the summary line, and `job_main`
-(one clear error line for a user mistake, the exit code)."""
+"""The shell every job runs in: its Beam options (flags checked, DirectRunner by default), the
+output folder prepared, the tail every job writes once (rejects/, manifest.json, stats.json,
+report.html, the accounting checked), the summary line, and `job_main` (one clear error line
+for a user mistake, the exit code).
+
+    options = job_options(argv)                       # in run(argv)
+    prepare_output(cfg.output, cfg.overwrite)
+    p = beam.Pipeline(options=options)
+    ... write_tail(cfg.output, rejects=..., written=..., ...)
+    p.run().wait_until_finish()
+    return finish(cfg.output)                          # Stats, checked; report written
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
 
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from pipeline.accounting.report import write_report
+from pipeline.accounting.stats import WriteStats
+from pipeline.curation.decontaminate import refusal
+from pipeline.io.layout import OUTPUT_NAMES, REJECTS_DIR, STATS_NAME, join_path
+from pipeline.io.shards import WriteManifest
 from pipeline.io.url_lists import InputError
+from pipeline.results import parquet_schema
 from schemas import Stats, StatsMismatchError, Status
 
 logger = logging.getLogger(__name__)
@@ -78,3 +96,87 @@ def job_main(argv: list[str] | None, prog: str, help_text, run_job) -> int:
         return int(e.code or 2)
     sys.stdout.write(line + "\n")
     return 0
+
+
+def job_options(argv: list[str]) -> PipelineOptions:
+    """The job's Beam options: unknown flags refused, DirectRunner unless a runner is given."""
+    options = PipelineOptions(argv)
+    check_flags(argv, options)
+    if options.view_as(StandardOptions).runner is None:
+        options.view_as(StandardOptions).runner = "DirectRunner"
+    return options
+
+
+def existing_outputs(out: str) -> list[str]:
+    """The paths of `out` that a run writes and that exist already."""
+    return [join_path(out, n) for n in OUTPUT_NAMES if FileSystems.exists(join_path(out, n))]
+
+
+def prepare_output(out: str, overwrite: bool, holds: str = "a dataset") -> None:
+    """Refuse to clobber an output unless `overwrite`; then clear what a run writes."""
+    leftovers = existing_outputs(out)
+    if leftovers and not overwrite:
+        raise InputError(f"--output {out} already holds {holds}; pass --overwrite to replace it")
+    clear(leftovers)
+
+
+def clear(paths: list[str]) -> None:
+    if paths:
+        logger.info("removing %s", ", ".join(paths))
+        FileSystems.delete(paths)
+
+
+def write_tail(
+    output: str,
+    *,
+    written: dict,
+    rejects,
+    results,
+    input_count,
+    extra_fields: tuple,
+    options_record: dict,
+    source: str | None,
+    scorer: dict | None,
+    warnings=None,
+) -> None:
+    """What every job writes beside its shards: rejects/*.parquet (every row not written, with
+    its reason), manifest.json (naming the source and scorer) and stats.json (the funnel)."""
+    _ = rejects | "WriteRejects" >> beam.io.WriteToParquet(
+        join_path(output, REJECTS_DIR, "rejects"),
+        parquet_schema(extra_fields),
+        file_name_suffix=".parquet",
+    )
+    _ = written["shards"] | "WriteManifest" >> WriteManifest(
+        output, options_record, source=source, scorer=scorer
+    )
+    stats_inputs = {
+        "results": results,
+        "written": written["rows"],
+        "input_count": input_count,
+        "shards": written["shards"],
+    }
+    if warnings is not None:  # counted, outside the accounting identity (a bad KEY.json)
+        stats_inputs["warnings"] = warnings
+    _ = stats_inputs | "WriteStats" >> WriteStats(output)
+
+
+def run_pipeline(p: beam.Pipeline, output: str) -> None:
+    """Runs the job to its end. A refusal the pipeline recorded in OUTPUT (an evaluation set too
+    unreadable to protect) becomes one error line, whichever runner raised what."""
+    try:
+        p.run().wait_until_finish()
+    except Exception:
+        refused = refusal(output)
+        if refused is None:
+            raise
+        raise InputError(refused) from None
+
+
+def finish(output: str) -> Stats:
+    """After the pipeline ran: the funnel read back and checked (a lost or doubly counted row
+    fails the job), and report.html written."""
+    with FileSystems.open(join_path(output, STATS_NAME)) as f:
+        stats = Stats.from_json(f.read().decode("utf-8"))
+    stats.check()
+    write_report(output)
+    return stats

@@ -7,12 +7,11 @@ import math
 from dataclasses import dataclass
 
 import apache_beam as beam
-from apache_beam.metrics import Metrics
 from apache_beam.transforms.stats import ApproximateQuantilesCombineFn
 
-from pipeline.results import decision
+from pipeline.curation.base import KeepRows, RowFilter
 from pipeline.scoring.pairs import SCORE_COLUMN
-from schemas import Reason, Status
+from schemas import Reason
 
 _QUANTILES = 10_001  # resolution of the top_fraction threshold: 0.01 % of the scores
 
@@ -94,19 +93,14 @@ def keep_by_score(
     return True, None, None
 
 
-class _ClipScoreFn(beam.DoFn):
+class ClipScoreRule(RowFilter):
+    namespace = "clip_score"
+
     def __init__(self, cfg: ClipScoreConfig):
         self.cfg = cfg
 
-    def process(self, row, threshold=None):
-        ok, reason, detail = keep_by_score(row, self.cfg, threshold)
-        if ok:
-            yield row
-        else:
-            Metrics.counter("clip_score", reason).inc()
-            yield beam.pvalue.TaggedOutput(
-                "removed", decision(row["key"], Status.FILTERED, reason, error=detail)
-            )
+    def keep(self, row, threshold=None):
+        return keep_by_score(row, self.cfg, threshold)
 
 
 class ClipScoreFilter(beam.PTransform):
@@ -162,7 +156,4 @@ class ClipScoreFilter(beam.PTransform):
                 inside=beam.pvalue.AsSingleton(inside | "InWindow" >> beam.combiners.ToList()),
             )
             side["threshold"] = beam.pvalue.AsSingleton(threshold)
-        out = light | "Keep" >> beam.ParDo(_ClipScoreFn(cfg), **side).with_outputs(
-            "removed", main="kept"
-        )
-        return {"kept": out.kept, "removed": out.removed}
+        return light | "Cut" >> KeepRows(ClipScoreRule(cfg), **side)

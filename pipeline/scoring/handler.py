@@ -27,7 +27,7 @@ def _device(preference: str) -> torch.device:
 
 def load_scoring_model(path: str, device: str = "auto"):
     """(CLIP model in eval mode, tokenizer) from a local checkpoint file or .dcp folder."""
-    from trainer.evaluate import load_model
+    from trainer.checkpoint import load_model
 
     return load_model(path, _device(device))
 
@@ -80,8 +80,7 @@ class ClipModelHandler(ModelHandler[dict, PredictionResult, ClipScorer]):
     def run_inference(
         self, batch: Sequence[dict], model: ClipScorer, inference_args: dict | None = None
     ) -> Iterable[PredictionResult]:
-        from trainer.data import DECODE_ERRORS
-        from trainer.transforms import decode_image, resize_center_crop
+        from trainer.transforms import DECODE_ERRORS, decode_image, resize_center_crop
 
         size = self.scorer.image_size
         pixels, readable = [], []

@@ -13,11 +13,17 @@ from apache_beam.testing.util import assert_that, equal_to
 from pipeline.curation.decisions import ResolveChains, cluster_losers, connected_labels
 from pipeline.curation.dedupe.captions import (
     CaptionDedupe,
+    CaptionItem,
     caption_duplicate_pairs,
     minhash_signature,
 )
 from pipeline.curation.dedupe.exact import exact_duplicate_decisions
-from pipeline.curation.dedupe.near import NearDedupe, NearDedupeConfig, near_duplicate_pairs
+from pipeline.curation.dedupe.near import (
+    NearDedupe,
+    NearDedupeConfig,
+    NearItem,
+    near_duplicate_pairs,
+)
 from pipeline.curation.dedupe.urls import pick_survivor
 from pipeline.results import decision
 
@@ -79,10 +85,10 @@ def test_exact_duplicates_keep_the_largest_original():
 def test_near_duplicate_pairs_union_groups():
     base = 0x0F0F_0F0F_0F0F_0F0F
     items = [
-        ("a", f"{base:016x}", (1,)),
-        ("b", f"{base ^ 0b111:016x}", (0,)),  # 3 bits from a: same group, better order
-        ("c", f"{base ^ 0b111_1111_1111_1111:016x}", (2,)),  # 12 bits from b's neighbour a
-        ("d", f"{~base & (2**64 - 1):016x}", (3,)),  # far from everything
+        NearItem("a", f"{base:016x}", None, (1,)),
+        NearItem("b", f"{base ^ 0b111:016x}", None, (0,)),  # 3 bits from a: same group, better
+        NearItem("c", f"{base ^ 0b111_1111_1111_1111:016x}", None, (2,)),  # 12 bits from a
+        NearItem("d", f"{~base & (2**64 - 1):016x}", None, (3,)),  # far from everything
     ]
     out = {loser: survivor for loser, survivor, _ in near_duplicate_pairs(items, threshold=12)}
     assert out == {"a": "b", "c": "b"}
@@ -128,7 +134,7 @@ def test_caption_pairs_equal_the_float_similarity_rule(num_perm, threshold):
         redo = rng.random(num_perm) < rng.random() * 0.6
         sig[redo] = rng.integers(0, 2, size=redo.sum())
         sigs.append(tuple(int(v) for v in sig))
-    items = [(f"k{i}", s, (i % 7,)) for i, s in enumerate(sigs)]
+    items = [CaptionItem(f"k{i}", s, (i % 7,)) for i, s in enumerate(sigs)]
     sig = np.array(sigs, dtype=np.uint64)
     similarity = (sig[:, None, :] == sig[None, :, :]).mean(axis=-1)  # the previous (n, n, P) way
     want = union_find_losers(
@@ -142,7 +148,7 @@ def test_caption_minhash_finds_near_identical_captions():
     b = "Nike Air Max 90 Essential Men's Running Shoes White/Black Size 43"
     c = "A golden retriever puppy playing with a red ball in the garden"
     items = [
-        (k, minhash_signature(t, 64), (i,))
+        CaptionItem(k, minhash_signature(t, 64), (i,))
         for i, (k, t) in enumerate([("a", a), ("b", b), ("c", c)])
     ]
     assert [(loser, s) for loser, s, _ in caption_duplicate_pairs(items, 0.6)] == [("b", "a")]

@@ -15,6 +15,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from pipeline.curation.dedupe.near import (
     NearDedupe,
     NearDedupeConfig,
+    NearItem,
     collapse_same_hashes,
     near_duplicate_pairs,
 )
@@ -107,9 +108,9 @@ class _Twice:
 
 
 def test_collapse_same_hashes_keeps_the_best_in_two_passes():
-    group = _Twice([(f"k{i}", "p", "d", (-i, f"k{i}")) for i in range(5)])  # k4: most pixels
+    group = _Twice([NearItem(f"k{i}", "p", "d", (-i, f"k{i}")) for i in range(5)])  # k4: best
     out = list(collapse_same_hashes(group))
-    assert out[0] == (True, ("k4", "p", "d", (-4, "k4")))
+    assert out[0] == (True, NearItem("k4", "p", "d", (-4, "k4")))
     assert sorted(x for keep, x in out if not keep) == [(f"k{i}", "k4") for i in range(4)]
     assert group.passes == 2
 
@@ -117,16 +118,16 @@ def test_collapse_same_hashes_keeps_the_best_in_two_passes():
 def test_dhash_check_keeps_phash_lookalikes_apart():
     close_p = ("0" * 16, "0" * 15 + "f")  # 4 bits apart
     items = [
-        ("a", close_p[0], "0" * 16, (0, "a")),
-        ("b", close_p[1], "f" * 16, (1, "b")),  # dHash 64 bits away: another image
-        ("c", close_p[1], "0" * 15 + "1", (2, "c")),  # dHash 1 bit away: a copy
+        NearItem("a", close_p[0], "0" * 16, (0, "a")),
+        NearItem("b", close_p[1], "f" * 16, (1, "b")),  # dHash 64 bits away: another image
+        NearItem("c", close_p[1], "0" * 15 + "1", (2, "c")),  # dHash 1 bit away: a copy
     ]
     got = {loser: surv for loser, surv, _ in near_duplicate_pairs(items, (12, 12))}
     assert got == {"c": "a"}
     assert {loser for loser, _, _ in near_duplicate_pairs(items, (12, None))} == {"b", "c"}
     assert {loser for loser, _, _ in near_duplicate_pairs(items, 12)} == {"b", "c"}
     # No dHash on one side (an output written before dhash existed): the pHash alone decides.
-    older = [items[1], ("d", close_p[0], None, (3, "d"))]
+    older = [items[1], NearItem("d", close_p[0], None, (3, "d"))]
     assert near_duplicate_pairs(older, (12, 12)) == [("d", "b", (1, "b"))]
 
 

@@ -153,7 +153,7 @@ def scored(tars, checkpoint, tmp_path_factory) -> Path:
 
 
 def test_scores_equal_a_plain_pytorch_forward_on_the_same_images(scored, checkpoint):
-    from trainer.evaluate import load_model
+    from trainer.checkpoint import load_model
     from trainer.transforms import decode_image, normalize, resize_center_crop
 
     rows = {r["key"]: r for r in shard_rows(scored)}

@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from trainer.cli import main as train_main
 from trainer.configs import EvalConfig, UserError
 from trainer.evaluate import evaluate, main
 from trainer.tokenizer import CaptionTokenizer, byte_tokenizer
-from trainer.train import main as train_main
 
 TOKENIZER = CaptionTokenizer(byte_tokenizer(), context_length=32)
 RGB = {"red": (230, 20, 20), "green": (20, 230, 20), "blue": (20, 20, 230)}

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from trainer.checkpoint import list_checkpoints, load_checkpoint
-from trainer.train import main
+from trainer.cli import main
 
 from .test_resume import REPO, seen_keys
 from .test_train import args as tiny_args

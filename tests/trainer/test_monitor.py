@@ -5,8 +5,8 @@ import time
 import pytest
 import torch
 
+from trainer.cli import main
 from trainer.monitor import MetricsLog, StallWatchdog
-from trainer.train import main
 
 
 def test_watchdog_names_the_rank_that_stopped_producing_batches(caplog):

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from trainer.configs import DataConfig
-from trainer.data import PositionTracker, build_loader, check_data, new_position, stream_batches
-from trainer.position import DataPosition, ShardPlan, Topology
+from trainer.data import build_loader, check_data, new_position, stream_batches
+from trainer.position import DataPosition, PositionTracker, ShardPlan, Topology
 from trainer.sources import DataError, resolve_sources
 from trainer.tokenizer import CaptionTokenizer, byte_tokenizer
 

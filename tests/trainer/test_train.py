@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from trainer.checkpoint import list_checkpoints, load_checkpoint
-from trainer.train import cpu_threads, main
+from trainer.cli import main
+from trainer.train import cpu_threads
 
 NAMES = "zero,one,two,three,four,five,six,seven,eight,nine"
 

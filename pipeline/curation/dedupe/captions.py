@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import apache_beam as beam
 import numpy as np
 
 from pipeline.curation.decisions import (
+    CountRemoved,
     DropRemoved,
     ResolveChains,
     cluster_losers,
     image_survivor_order,
 )
-from pipeline.curation.dedupe.near import _CompareBucketFn
+from pipeline.curation.dedupe.buckets import CompareBucketFn
 from pipeline.results import decision
 from schemas import Reason, Status
 
@@ -37,18 +39,26 @@ def minhash_signature(caption: str | None, num_perm: int, seed: int = 1) -> tupl
     return tuple(int(v) for v in m.hashvalues)
 
 
+class CaptionItem(NamedTuple):
+    """A row as caption dedupe compares it."""
+
+    key: str
+    signature: tuple[int, ...]  # MinHash of the caption's 5-grams: bands come from it
+    order: tuple  # image_survivor_order: the smallest survives
+
+
 def caption_duplicate_pairs(
-    items: list[tuple[str, tuple, tuple]], threshold: float
+    items: list[CaptionItem], threshold: float
 ) -> list[tuple[str, str, tuple]]:
-    """Items (key, signature, order) of one bucket -> losers whose estimated Jaccard >= threshold."""
+    """Items of one bucket -> losers whose estimated Jaccard >= threshold."""
     if len(items) < 2:
         return []
-    equal = equal_minhash_counts([s for _, s, _ in items])  # (n, n)
-    num_perm = len(items[0][1])
+    equal = equal_minhash_counts([it.signature for it in items])  # (n, n)
+    num_perm = len(items[0].signature)
     # The fewest equal values whose share (count / num_perm, in float64) reaches the threshold.
     shares = np.arange(num_perm + 1) / num_perm
     need = int(np.argmax(shares >= threshold)) if shares[-1] >= threshold else num_perm + 1
-    return cluster_losers([k for k, _, _ in items], [o for _, _, o in items], equal >= need)
+    return cluster_losers([it.key for it in items], [it.order for it in items], equal >= need)
 
 
 def equal_minhash_counts(signatures: list[tuple[int, ...]]) -> np.ndarray:
@@ -87,7 +97,7 @@ class CaptionDedupe(beam.PTransform):
             if not (r.get("caption") or "").strip():
                 return []
             sig = minhash_signature(r["caption"], cfg.num_perm)
-            item = (r["key"], sig, image_survivor_order(r))
+            item = CaptionItem(r["key"], sig, image_survivor_order(r))
             return [
                 ((b, hash(sig[b * rows_per_band : (b + 1) * rows_per_band])), item)
                 for b in range(cfg.bands)
@@ -99,8 +109,12 @@ class CaptionDedupe(beam.PTransform):
             | "GroupByBand" >> beam.GroupByKey()
             | "CompareInBucket"
             >> beam.ParDo(
-                _CompareBucketFn(
-                    caption_duplicate_pairs, cfg.threshold, cfg.max_bucket, "caption_dedupe"
+                CompareBucketFn(
+                    caption_duplicate_pairs,
+                    cfg.threshold,
+                    cfg.max_bucket,
+                    "caption_dedupe",
+                    sort_by="signature",
                 )
             )
             | "BestPerLoser" >> beam.CombinePerKey(min)
@@ -116,5 +130,6 @@ class CaptionDedupe(beam.PTransform):
             )
             | "ResolveChains" >> ResolveChains()
         )
+        removed = removed | "Count" >> CountRemoved("caption_dedupe")
         kept = {"light": light, "removed": removed} | "DropRemoved" >> DropRemoved()
         return {"kept": kept, "removed": removed}

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import apache_beam as beam
 
-from pipeline.curation.decisions import DropRemoved, image_survivor_order
+from pipeline.curation.decisions import CountRemoved, DropRemoved, image_survivor_order
 from pipeline.results import decision
 from schemas import Reason, Status
 
@@ -54,5 +54,6 @@ class ExactDedupe(beam.PTransform):
             | "GroupByPixels" >> beam.GroupByKey()
             | "Decide" >> beam.FlatMap(lambda kv: exact_duplicate_decisions(kv[1]))
         )
+        removed = removed | "Count" >> CountRemoved("exact_dedupe")
         kept = {"light": light, "removed": removed} | "DropRemoved" >> DropRemoved()
         return {"kept": kept, "removed": removed}

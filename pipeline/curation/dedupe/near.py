@@ -6,17 +6,20 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from operator import attrgetter
+from typing import NamedTuple
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.metrics import Metrics
 
 from pipeline.curation.decisions import (
+    CountRemoved,
     DropRemoved,
     ResolveChains,
     cluster_losers,
     image_survivor_order,
 )
+from pipeline.curation.dedupe.buckets import CompareBucketFn
 from pipeline.curation.lsh import candidate_tables, contiguous_bands, table_keys, table_recall
 from pipeline.results import decision
 from schemas import Reason, Status
@@ -25,81 +28,33 @@ from schemas.imagehash import hamming_matrix, hamming_matrix_ints
 log = logging.getLogger(__name__)
 
 
+class NearItem(NamedTuple):
+    """A row as near dedupe compares it."""
+
+    key: str
+    phash: str  # 64-bit DCT pHash, hex: bucket keys come from it, buckets are sorted by it
+    dhash: str | None  # 64-bit dHash, hex; None in outputs written before dhash existed
+    order: tuple  # image_survivor_order: the smallest survives
+
+
 def near_duplicate_pairs(
-    items: list[tuple], threshold: int | tuple[int, int | None]
+    items: list[NearItem], threshold: int | tuple[int, int | None]
 ) -> list[tuple[str, str, tuple]]:
-    """Items (key, phash, order) or (key, phash, dhash, order) of one LSH bucket -> (loser,
-    survivor key, survivor order). `threshold` is the pHash limit, or (pHash limit, dHash limit):
+    """Items of one LSH bucket -> (loser, survivor key, survivor order). `threshold` is the pHash limit, or (pHash limit, dHash limit):
     pairs within both are joined (a dHash missing on either side is not held against the pair);
     each connected group keeps its best item."""
     if len(items) < 2:
         return []
     t, t2 = threshold if isinstance(threshold, tuple) else (threshold, None)
-    adjacent = hamming_matrix([it[1] for it in items]) <= t
-    if t2 is not None and len(items[0]) == 4:
-        dhashes = [it[2] for it in items]
+    adjacent = hamming_matrix([it.phash for it in items]) <= t
+    if t2 is not None:
+        dhashes = [it.dhash for it in items]
         present = np.array([h is not None for h in dhashes], dtype=bool)
         ints = np.array([int(h, 16) if h else 0 for h in dhashes], dtype=np.uint64)
         close = hamming_matrix_ints(ints) <= t2
         close |= ~(present[:, None] & present[None, :])
         adjacent &= close
-    return cluster_losers([it[0] for it in items], [it[-1] for it in items], adjacent)
-
-
-class _CompareBucketFn(beam.DoFn):
-    """(bucket, items) -> (loser, (survivor order, survivor)) from `pairs_fn(items, threshold)`.
-
-    Items are read as a stream into windows of at most `window` items, each sorted by hash and
-    compared in chunks of `max_bucket`, so a bucket of any size costs bounded memory. A bucket
-    over `max_bucket` items loses the pairs that fall in different chunks (lost recall): such
-    buckets and their items are counted and the first one of each bundle is logged. With
-    NearDedupe's row-count-sized keys this only happens to skewed hashes (placeholders)."""
-
-    def __init__(self, pairs_fn, threshold, max_bucket: int, stage: str, window: int = 0):
-        self.pairs_fn, self.threshold, self.max_bucket = pairs_fn, threshold, max_bucket
-        self.stage = stage
-        self.window = window or 16 * max_bucket
-        self.oversized = Metrics.counter(stage, "oversized_buckets")
-        self.oversized_rows = Metrics.counter(stage, "oversized_bucket_rows")
-
-    def start_bundle(self):
-        self._warned = False
-
-    def _windows(self, items):
-        buf = []
-        for it in items:
-            buf.append(it)
-            if len(buf) == self.window:
-                yield buf
-                buf = []
-        if buf:
-            yield buf
-
-    def process(self, element):
-        bucket, items = element
-        size = 0
-        for window in self._windows(items):
-            size += len(window)
-            window.sort(key=lambda it: it[1])  # by hash: chunks of a huge bucket stay local
-            for start in range(0, len(window), self.max_bucket):
-                for loser, survivor, order in self.pairs_fn(
-                    window[start : start + self.max_bucket], self.threshold
-                ):
-                    yield loser, (order, survivor)
-        if size > self.max_bucket:
-            self.oversized.inc()
-            self.oversized_rows.inc(size)
-            if not self._warned:
-                self._warned = True
-                log.warning(
-                    "%s: bucket %r holds %d items > max_bucket %d: compared in %d chunks, pairs "
-                    "across chunks are missed (counter oversized_bucket_rows; first this bundle)",
-                    self.stage,
-                    bucket,
-                    size,
-                    self.max_bucket,
-                    -(-size // self.max_bucket),
-                )
+    return cluster_losers([it.key for it in items], [it.order for it in items], adjacent)
 
 
 @dataclass(frozen=True)
@@ -163,19 +118,19 @@ class NearDedupeConfig:
         )
 
 
-def _near_item(r: dict) -> tuple:
-    return (r["key"], r["phash"], r.get("dhash"), image_survivor_order(r))
+def _near_item(r: dict) -> NearItem:
+    return NearItem(r["key"], r["phash"], r.get("dhash"), image_survivor_order(r))
 
 
-def collapse_same_hashes(items: Iterable[tuple]) -> Iterator[tuple[bool, tuple]]:
+def collapse_same_hashes(items: Iterable[NearItem]) -> Iterator[tuple[bool, tuple]]:
     """Items sharing (pHash, dHash) -> (True, the best) and (False, (loser key, best key)) for the
     rest. Two passes over the re-iterable group, never a list: a placeholder shown a million
     times costs one streamed group."""
-    best = min(items, key=lambda it: it[-1])
+    best = min(items, key=attrgetter("order"))
     yield True, best
     for it in items:
-        if it[0] != best[0]:
-            yield False, (it[0], best[0])
+        if it.key != best.key:
+            yield False, (it.key, best.key)
 
 
 def _collapse_group(element) -> Iterator:
@@ -245,11 +200,12 @@ class NearDedupe(beam.PTransform):
             | "GroupByKey" >> beam.GroupByKey()
             | "CompareInBucket"
             >> beam.ParDo(
-                _CompareBucketFn(
+                CompareBucketFn(
                     near_duplicate_pairs,
                     (cfg.threshold, cfg.verify_threshold),
                     cfg.max_bucket,
                     "near_dedupe",
+                    sort_by="phash",
                 )
             )
             | "BestPerLoser" >> beam.CombinePerKey(min)
@@ -265,5 +221,6 @@ class NearDedupe(beam.PTransform):
             | "AllNear" >> beam.Flatten()
             | "ResolveChains" >> ResolveChains(cfg.chain_rounds)
         )
+        removed = removed | "Count" >> CountRemoved("near_dedupe")
         kept = {"light": light, "removed": removed} | "DropRemoved" >> DropRemoved()
         return {"kept": kept, "removed": removed}
