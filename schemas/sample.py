@@ -18,7 +18,7 @@ import hashlib
 import json
 import posixpath
 import tarfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import IO
 
@@ -63,16 +63,22 @@ def sample_to_members(
     ]
 
 
-def tar_members(fileobj: IO[bytes]) -> Iterator[tuple[str, bytes]]:
+def tar_members(fileobj: IO[bytes]) -> Generator[tuple[str, bytes], None, int | None]:
     """(name, bytes) of each regular file of a tar, streamed in tar order. Member headers are
     not kept (tarfile would hold every one of them), so a shard of any size streams in
-    constant memory. Raises tarfile.TarError / OSError / EOFError on a corrupt or truncated tar."""
+    constant memory. Raises tarfile.TarError / OSError / EOFError on a corrupt or truncated tar.
+
+    Returns (`end = yield from tar_members(f)`) the byte offset where an uncompressed tar's
+    members end, None for a compressed one: tarfile ends quietly at a header it cannot read,
+    so a caller that can seek checks that a zero block (the real end) is there."""
     with tarfile.open(fileobj=fileobj, mode="r|*") as tar:
         for info in tar:
             if info.isreg():
                 data = tar.extractfile(info).read()
                 tar.members = []
                 yield info.name, data
+        plain = getattr(tar.fileobj, "comptype", None) == "tar"
+        return tar.offset if plain else None
 
 
 def group_samples(members: Iterable[tuple[str, bytes]]) -> Iterator[dict]:

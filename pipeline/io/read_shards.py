@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tarfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import apache_beam as beam
@@ -29,7 +30,15 @@ from pipeline.crawl.images import sniff_mime
 from pipeline.io.layout import join_path
 from pipeline.io.url_lists import InputError
 from pipeline.results import result_row
-from schemas import IMAGE_EXTENSIONS, Manifest, Reason, Status, key_for_url, split_member_name
+from schemas import (
+    Manifest,
+    Reason,
+    Status,
+    group_samples,
+    image_extension,
+    key_for_url,
+    tar_members,
+)
 
 
 @dataclass(frozen=True)
@@ -60,31 +69,13 @@ def list_tars(spec: str) -> list[str]:
     return files
 
 
-def group_members(members):
-    """(name, bytes) in tar order -> samples {"__key__", ext: bytes}, webdataset's grouping rule."""
-    current = None
-    for name, data in members:
-        key, ext = split_member_name(name)
-        if not ext:
-            continue
-        if current is None or current["__key__"] != key:
-            if current is not None:
-                yield current
-            current = {"__key__": key}
-        current[ext.lower()] = data
-    if current is not None:
-        yield current
-
-
-def _tar_members(path: str):
-    with FileSystems.open(path) as f, tarfile.open(fileobj=f, mode="r|*") as tar:
-        for member in tar:
-            if member.isfile():
-                yield member.name, tar.extractfile(member).read()
-        end, plain = tar.offset, getattr(tar.fileobj, "comptype", None) == "tar"
-    # tarfile ends quietly at a header it cannot read (cut off, or damaged) after the first one;
-    # only a zero block is a real end. (An uncompressed tar's offsets are file offsets.)
-    if plain:
+def shard_members(path: str) -> Iterator[tuple[str, bytes]]:
+    """(name, bytes) of a shard on any Beam filesystem (`schemas.tar_members`). An uncompressed
+    shard must end on a zero block: one cut off or damaged at a member header raises
+    tarfile.ReadError instead of ending early and quietly."""
+    with FileSystems.open(path) as f:
+        end = yield from tar_members(f)
+    if end is not None:
         with FileSystems.open(path) as f:
             f.seek(end)
             if f.read(tarfile.BLOCKSIZE) != bytes(tarfile.BLOCKSIZE):
@@ -124,7 +115,7 @@ def sample_to_row(sample: dict, shard: str, extra_cols: tuple[str, ...]) -> tupl
         "key": key_for_url(f"wds:{source_key}"),
         "extra": {c: _as_text(meta.get(c)) for c in extra_cols},
     }
-    image_ext = next((e for e in sample if e.split(".")[-1] in IMAGE_EXTENSIONS), None)
+    image_ext = image_extension(sample)
     if image_ext is None:
         row = result_row(
             pair,
@@ -158,7 +149,7 @@ class _ReadTarFn(beam.DoFn):
 
     def process(self, path):
         try:
-            for sample in group_members(_tar_members(path)):
+            for sample in group_samples(shard_members(path)):
                 self.samples.inc()
                 row, warning = sample_to_row(sample, path, self.cfg.extra_cols)
                 if warning == Reason.BAD_JSON:

@@ -28,11 +28,11 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from pipeline.io.layout import MANIFEST_NAME, join_path
-from pipeline.io.read_shards import _tar_members, group_members
+from pipeline.io.read_shards import shard_members
 from pipeline.io.shards import ShardConfig, public_row, shard_name, write_shard
 from pipeline.io.url_lists import InputError
 from pipeline.scoring.identity import is_remote
-from schemas import IMAGE_EXTENSIONS, Manifest, ManifestError
+from schemas import Manifest, ManifestError, group_samples, image_extension
 from schemas.records import EMBEDDING_FIELD_NAMES, RESULT_FIELD_NAMES
 
 
@@ -126,19 +126,15 @@ def read_shard_rows(shard: SourceShard) -> list[dict]:
     return rows
 
 
-def image_member(sample: dict) -> str | None:
-    return next((e for e in sample if e.split(".")[-1] in IMAGE_EXTENSIONS), None)
-
-
 class _ReadImagesFn(beam.DoFn):
     """A source shard -> its rows with the image bytes (`_image`, `_ext`), for scoring; the
     recorded scores and embeddings are dropped: the new model's replace them."""
 
     def process(self, shard: SourceShard):
         rows = {r["key"]: r for r in read_shard_rows(shard)}
-        for sample in group_members(_tar_members(shard.tar)):
+        for sample in group_samples(shard_members(shard.tar)):
             row = rows.pop(sample["__key__"].rsplit("/", 1)[-1], None)
-            ext = image_member(sample)
+            ext = image_extension(sample)
             if row is None or ext is None:
                 continue
             out = {k: v for k, v in row.items() if k not in EMBEDDING_FIELD_NAMES}
@@ -264,12 +260,12 @@ class _CopySamplesFn(beam.DoFn):
         name, placements = element
         wanted = {row["key"]: (target, order, row) for target, order, row in placements}
         path = self.tars[name]
-        for sample in group_members(_tar_members(path)):
+        for sample in group_samples(shard_members(path)):
             key = sample["__key__"].rsplit("/", 1)[-1]
             if key not in wanted:
                 continue
             target, order, row = wanted.pop(key)
-            ext = image_member(sample)
+            ext = image_extension(sample)
             self.copied.inc()
             yield target, {**row, "_image": sample[ext], "_ext": ext, "_order": order}
         if wanted:  # the parquet and the tar disagree: the source changed or is damaged

@@ -8,9 +8,9 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
-from pipeline.io.read_shards import group_members, list_tars
+from pipeline.io.read_shards import list_tars
 from pipeline.jobs.curate import main
-from schemas import Manifest, Stats
+from schemas import Manifest, Stats, group_samples
 from tests.conftest import encode
 
 
@@ -46,15 +46,16 @@ def _img2dataset_folder(folder, photos) -> int:
     return n
 
 
-def test_group_members_follows_webdataset_rule():
+def test_group_samples_follows_webdataset_rule():
     members = [
         ("a/x.jpg", b"1"),
         ("a/x.txt", b"2"),
         ("a/y.seg.png", b"3"),
         ("a/y.json", b"4"),
         ("README", b""),
+        ("a/__meta__.json", b"5"),
     ]
-    assert list(group_members(members)) == [
+    assert list(group_samples(members)) == [
         {"__key__": "a/x", "jpg": b"1", "txt": b"2"},
         {"__key__": "a/y", "seg.png": b"3", "json": b"4"},
     ]
