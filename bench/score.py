@@ -84,18 +84,28 @@ def record(result: dict) -> None:
 # --- score -------------------------------------------------------------------------------------
 
 
+def bundled_photos() -> list[Path]:
+    """Every photo scikit-image and scikit-learn ship (JPEG/PNG of 300 px or more)."""
+    import skimage.data
+    import sklearn.datasets
+
+    folders = (
+        Path(skimage.data.__file__).parent,
+        Path(sklearn.datasets.__file__).parent / "images",
+    )
+    return sorted(p for f in folders for p in f.iterdir() if p.suffix in (".jpg", ".png"))
+
+
 def make_pairs(folder: Path, n: int, seed: int = 0) -> list[str]:
     """n JPEG pairs (256 px crops of bundled photos) in tars of 500 -> tar paths."""
     import webdataset as wds
     from PIL import Image
 
-    from tests.conftest import _photo_paths
-
     folder.mkdir(parents=True, exist_ok=True)
     done = folder / f"done-{n}-{seed}"
     if not done.exists():
         rng = random.Random(seed)
-        photos = [Image.open(p).convert("RGB") for p in _photo_paths()]
+        photos = [Image.open(p).convert("RGB") for p in bundled_photos()]
         with wds.ShardWriter(str(folder / "%05d.tar"), maxcount=500, verbose=0) as sink:
             for i in range(n):
                 im = rng.choice(photos)

@@ -17,7 +17,6 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image
 
-PHASH_BITS = 64
 _HASH_SIZE = 8  # 8x8 low-frequency DCT block
 _IMG_SIZE = 32  # image is reduced to 32x32 before the DCT
 

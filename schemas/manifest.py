@@ -5,8 +5,10 @@
 (the `wids` distribution; webdataset 1.x ships no `wids` module) reads it as an indexed dataset
 (tests/pipeline/test_wids.py) and the trainer counts samples exactly without opening a tar.
 
-    manifest = Manifest.load("out/manifest.json")
-    manifest.total_samples
+    manifest = Manifest.from_json(Path("out/manifest.json").read_text())
+    manifest.total_samples, [entry.url for entry in manifest.shardlist]
+    stats = Stats.from_json(Path("out/stats.json").read_text())
+    stats.check()   # input == written + failed + filtered + duplicate + invalid, or raise
 """
 
 from __future__ import annotations
@@ -14,8 +16,6 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-
-from schemas.records import Status
 
 MANIFEST_VERSION = 2
 READABLE_MANIFEST_VERSIONS = (1, 2)  # 2 added `scorer`
@@ -154,15 +154,6 @@ class Stats:
                 f"filtered {sum(self.filtered.values())}, duplicate {sum(self.duplicate.values())}, "
                 f"invalid {sum(self.invalid.values())})"
             )
-
-    def by_status(self) -> dict[str, int]:
-        return {
-            Status.OK: self.written,
-            Status.FAILED: sum(self.failed.values()),
-            Status.FILTERED: sum(self.filtered.values()),
-            Status.DUPLICATE: sum(self.duplicate.values()),
-            Status.INVALID: sum(self.invalid.values()),
-        }
 
     def to_json(self) -> str:
         d = asdict(self)

@@ -20,8 +20,6 @@ class Status:
     DUPLICATE = "duplicate"
     INVALID = "invalid"
 
-    ALL = (OK, FAILED, FILTERED, DUPLICATE, INVALID)
-
 
 class Reason:
     """Why a row was not written. HTTP errors use `Reason.http(status)` -> "http_404"."""
@@ -159,13 +157,3 @@ def result_schema(extra: list[pa.Field] | tuple[pa.Field, ...] = ()) -> pa.Schem
         list(RESULT_FIELDS) + list(extra),
         metadata={b"webpairs.result_schema_version": str(RESULT_SCHEMA_VERSION).encode()},
     )
-
-
-def empty_result(**values) -> dict:
-    """A result row with every fixed field present (None where unknown)."""
-    row = dict.fromkeys(RESULT_FIELD_NAMES)
-    unknown = set(values) - set(RESULT_FIELD_NAMES)
-    if unknown:
-        raise KeyError(f"not result fields: {', '.join(sorted(unknown))}")
-    row.update(values)
-    return row

@@ -25,8 +25,6 @@ from typing import IO
 # 96 bits: a collision among 5e9 keys has probability ~ n^2 / 2^97 ~ 1e-10.
 KEY_LENGTH = 24
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")
-CAPTION_EXTENSIONS = ("txt",)
-META_EXTENSIONS = ("json",)
 
 
 def key_for_url(normalized_url: str) -> str:
