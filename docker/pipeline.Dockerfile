@@ -12,10 +12,9 @@ COPY pyproject.toml README.md webpairs_cli.py ./
 COPY schemas ./schemas
 COPY pipeline ./pipeline
 COPY trainer ./trainer
-# The pipeline never imports torch (scoring loads it lazily): leave torch out of the worker image.
-RUN pip install --no-cache-dir --no-deps . \
-    && pip install --no-cache-dir "apache-beam[gcp,aws]==${BEAM_VERSION}" "pyarrow>=14,<30" "pillow>=10.1,<13" \
-        "urllib3>=2,<3" "fsspec>=2023.6" "webdataset>=0.2.86,<2" "braceexpand>=0.1.7,<1" "ftfy>=6.1,<7" \
-        "lingua-language-detector>=2,<3" "datasketch>=1.6,<3" "pyyaml>=6,<7" "numpy>=1.24,<3" \
-        "protego>=0.3.1,<1"
+# The project's own dependency list (pyproject.toml), less torch: the pipeline never imports
+# torch (scoring loads it lazily), so the worker image leaves it out.
+RUN python -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; print('\n'.join(d for d in deps if not d.startswith('torch')))" > /tmp/requirements.txt \
+    && pip install --no-cache-dir --no-deps . \
+    && pip install --no-cache-dir -r /tmp/requirements.txt "apache-beam[gcp,aws]==${BEAM_VERSION}"
 ENTRYPOINT ["/opt/apache/beam/boot"]

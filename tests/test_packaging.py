@@ -88,12 +88,30 @@ def test_every_third_party_import_is_declared_in_pyproject():
     assert not missing, "imported but not declared in pyproject.toml:\n" + "\n".join(missing)
 
 
+PROJECT_LIST_LESS_TORCH = (
+    "deps if not d.startswith('torch')))\" > /tmp/requirements.txt",
+    "pip install --no-cache-dir -r /tmp/requirements.txt",
+)
+
+
 def installed_by(dockerfile: str) -> set[str]:
-    """Distribution names the image's `pip install` lines name."""
+    """Distribution names the image's `pip install` lines name, and pyproject's own list (less
+    torch) where the image installs that (the pipeline image: nothing listed twice)."""
     text = (ROOT / "docker" / dockerfile).read_text().replace("\\\n", " ")
     runs = re.findall(r"^RUN (.+)$", text, flags=re.M)
-    specs = [s for run in runs for s in re.findall(r'"([^"]+)"', run)]
+    specs = [s for run in runs for s in re.findall(r'"([^"]+)"', run) if "import " not in s]
+    if all(part in text for part in PROJECT_LIST_LESS_TORCH):
+        specs += [d for d in PYPROJECT["dependencies"] if not d.startswith("torch")]
     return {canonicalize_name(re.match(r"[A-Za-z0-9._-]+", s).group(0)) for s in specs}
+
+
+def test_pipeline_image_installs_the_projects_own_dependency_list():
+    text = (ROOT / "docker/pipeline.Dockerfile").read_text().replace("\\\n", " ")
+    assert all(part in text for part in PROJECT_LIST_LESS_TORCH)
+    # nothing re-listed by hand beside Beam's own extras
+    pip_lines = [r for r in re.findall(r"^RUN (.+)$", text, flags=re.M) if "pip install" in r]
+    named = {s for r in pip_lines for s in re.findall(r'"([^"]+)"', r) if "import " not in s}
+    assert named == {"apache-beam[gcp,aws]==${BEAM_VERSION}"}
 
 
 @pytest.mark.parametrize(
