@@ -23,7 +23,8 @@ import apache_beam as beam
 import urllib3
 
 from pipeline.crawl.concurrency import ThreadedMapFn
-from pipeline.crawl.fetch import DEADLINE_POOL_CLASSES, Fetched, fetch_once, is_retryable
+from pipeline.crawl.deadline import DEADLINE_POOL_CLASSES
+from pipeline.crawl.fetch import Fetched, fetch_once, is_retryable
 from pipeline.crawl.hosts import CircuitOpen, HostBusy, HostPolicy, RobotsCache
 from pipeline.crawl.images import sniff_mime
 from pipeline.crawl.netsafety import Resolver

@@ -14,7 +14,6 @@ import email.utils
 import http.client
 import socket
 import ssl
-import threading
 import time
 import zlib
 from dataclasses import dataclass
@@ -22,8 +21,6 @@ from typing import TYPE_CHECKING
 from urllib.parse import urljoin, urlsplit
 
 import urllib3
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import (
     ConnectTimeoutError,
     HTTPError,
@@ -35,6 +32,7 @@ from urllib3.exceptions import (
     SSLError,
 )
 
+from pipeline.crawl.deadline import ATTEMPT_DEADLINE
 from pipeline.crawl.netsafety import BlockedAddress, DnsError, check_address, is_ip_literal
 from schemas import Reason
 
@@ -52,72 +50,6 @@ _CHUNK = 64 * 1024
 # (Bad data from a server -- a Location, a header, a body -- becomes a _Failure where it is read.)
 # Anything else is a bug in our code and propagates, failing the job with its traceback.
 _NETWORK_ERRORS = (OSError, HTTPError, http.client.HTTPException, BlockedAddress)
-
-
-@dataclass
-class _Deadline(threading.local):
-    """The monotonic time the current thread's attempt must end by (None: no attempt)."""
-
-    at: float | None = None
-
-
-_DEADLINE = _Deadline()  # per-thread, per-attempt: set and cleared by fetch_once
-
-
-class _DeadlineConnection:
-    """Connect, TLS handshake and the status line + headers, under the attempt's total deadline.
-
-    urllib3's timeouts are per socket operation, so a server that sends its headers a byte at
-    a time never trips them. A timer shuts the socket down when the deadline passes; the
-    blocked read then fails at once and fetch_once reports `deadline`. (The body is read in
-    fetch_once's own loop, which checks the deadline between reads.)"""
-
-    def _under_deadline(self, call):
-        at = _DEADLINE.at
-        if at is None:
-            return call()
-        timer = threading.Timer(max(0.0, at - time.monotonic()), self._expire)
-        timer.daemon = True
-        timer.start()
-        try:
-            return call()
-        finally:
-            timer.cancel()
-
-    def _expire(self) -> None:
-        sock = getattr(self, "sock", None)
-        if sock is not None:
-            try:  # the plain socket call: no TLS state is touched from this thread
-                socket.socket.shutdown(sock, socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def connect(self):
-        return self._under_deadline(super().connect)
-
-    def getresponse(self, *args, **kwargs):
-        return self._under_deadline(
-            lambda: super(_DeadlineConnection, self).getresponse(*args, **kwargs)
-        )
-
-
-class _HTTPConnection(_DeadlineConnection, HTTPConnection):
-    pass
-
-
-class _HTTPSConnection(_DeadlineConnection, HTTPSConnection):
-    pass
-
-
-class _HTTPPool(HTTPConnectionPool):
-    ConnectionCls = _HTTPConnection
-
-
-class _HTTPSPool(HTTPSConnectionPool):
-    ConnectionCls = _HTTPSConnection
-
-
-DEADLINE_POOL_CLASSES = {"http": _HTTPPool, "https": _HTTPSPool}  # for urllib3.PoolManager
 
 
 @dataclass
@@ -290,7 +222,7 @@ def _open(url: str, crawler: Crawler, headers: dict, timeout: urllib3.Timeout):
         try:
             return _request(ip, target, crawler, headers, timeout)
         except ConnectTimeoutError:  # NewConnectionError too: refused, unreachable, timed out
-            if _DEADLINE.at is not None and time.monotonic() >= _DEADLINE.at:
+            if ATTEMPT_DEADLINE.at is not None and time.monotonic() >= ATTEMPT_DEADLINE.at:
                 raise
     return _request(ips[-1], target, crawler, headers, timeout)
 
@@ -332,7 +264,7 @@ def fetch_once(
     }
     current = url
     resp = None
-    _DEADLINE.at = deadline_at
+    ATTEMPT_DEADLINE.at = deadline_at
     try:
         for _hop in range(cfg.max_redirects + 1):
             remaining = deadline_at - time.monotonic()
@@ -400,7 +332,7 @@ def fetch_once(
             detail = f"deadline of {cfg.deadline}s passed ({detail})"
         return Fetched(False, reason, detail, final_url=current)
     finally:
-        _DEADLINE.at = None
+        ATTEMPT_DEADLINE.at = None
         if resp is not None:
             resp.release_conn() if resp.isclosed() else resp.close()
 
