@@ -516,7 +516,7 @@ def _slope(x1, y1, x2, y2) -> str:
 
 
 def band_ranges(bands: int) -> list[tuple[int, int]]:
-    """[lo, hi) bit ranges of pipeline.lsh.contiguous_bands."""
+    """[lo, hi) bit ranges of pipeline.curation.lsh.contiguous_bands."""
     from pipeline.curation.lsh import contiguous_bands
 
     return [(t[0], t[-1] + 1) for t in contiguous_bands(bands)]

@@ -15,7 +15,7 @@ import sys
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.io.layout import REPORT_NAME, join_path
+from pipeline.io.layout import FOUND_NAME, MANIFEST_NAME, REPORT_NAME, STATS_NAME, join_path
 from schemas import Manifest, ManifestError, Stats, Status
 
 _SIDE_BUCKETS = (0, 64, 128, 256, 512, 1024, 2048, 4096)
@@ -192,10 +192,10 @@ def render_html(stats: Stats, manifest: Manifest | None, decontamination: dict |
 
 
 def write_report(output: str) -> str:
-    stats = Stats.from_json(json.dumps(_read_json(join_path(output, "stats.json"))))
-    m = _read_json(join_path(output, "manifest.json"))
+    stats = Stats.from_json(json.dumps(_read_json(join_path(output, STATS_NAME))))
+    m = _read_json(join_path(output, MANIFEST_NAME))
     manifest = Manifest.from_dict(m) if m else None
-    page = render_html(stats, manifest, _read_json(join_path(output, "decontamination.json")))
+    page = render_html(stats, manifest, _read_json(join_path(output, FOUND_NAME)))
     path = join_path(output, REPORT_NAME)
     with FileSystems.create(path) as f:
         f.write(page.encode("utf-8"))
@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None, prog: str = "webpairs inspect") -> int:
     )
     parser.add_argument("output", help="an output folder of `webpairs curate`")
     args = parser.parse_args(argv)
-    data = _read_json(join_path(args.output, "stats.json"))
+    data = _read_json(join_path(args.output, STATS_NAME))
     if data is None:
         sys.stderr.write(
             f"{prog}: error: {args.output} has no stats.json (not a finished webpairs output)\n"

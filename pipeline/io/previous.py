@@ -16,7 +16,7 @@ from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from pipeline.io.layout import MANIFEST_NAME, SHARDS_DIR, join_path
+from pipeline.io.layout import MANIFEST_NAME, REJECTS_DIR, SHARDS_DIR, join_path
 from pipeline.io.url_lists import InputError
 from pipeline.results import result_row
 from schemas import Reason, Status
@@ -30,7 +30,7 @@ def check_previous(prev: str, flag: str) -> None:
 
 def rejects_input(prev: str) -> tuple[str, tuple[str, ...]]:
     """(pattern of PREV's rejects, the pass-through columns they carry)."""
-    pattern = join_path(prev, "rejects", "*.parquet")
+    pattern = join_path(prev, REJECTS_DIR, "*.parquet")
     files = [m.path for m in FileSystems.match([pattern])[0].metadata_list]
     if not files:
         raise InputError(f"--retry-failed {prev!r} has no rejects to retry")

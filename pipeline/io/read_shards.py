@@ -27,7 +27,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from pipeline.crawl.images import sniff_mime
-from pipeline.io.layout import join_path
+from pipeline.io.layout import SHARDS_DIR, join_path
 from pipeline.io.url_lists import InputError
 from pipeline.results import result_row
 from schemas import (
@@ -59,7 +59,7 @@ def list_tars(spec: str) -> list[str]:
     patterns = list(braceexpand.braceexpand(spec)) if "{" in spec else [spec]
     if len(patterns) == 1 and not patterns[0].endswith(".tar") and "*" not in patterns[0]:
         folder = patterns[0].rstrip("/")
-        patterns = [join_path(folder, "*.tar"), join_path(folder, "shards", "*.tar")]
+        patterns = [join_path(folder, "*.tar"), join_path(folder, SHARDS_DIR, "*.tar")]
     files = []
     for pattern in patterns:
         files += [m.path for m in FileSystems.match([pattern])[0].metadata_list]

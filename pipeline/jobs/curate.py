@@ -189,7 +189,7 @@ def run(argv: list[str]) -> Stats:
     opts = options.view_as(CurateOptions)
     cfg = config_from_options(opts)
     if (cfg.read.input_format or "") == "webdataset" or cfg.read.input.lower().endswith(
-        (".tar", "manifest.json")
+        (".tar", MANIFEST_NAME)
     ):
         list_tars(cfg.read.input)  # fails early, with one line, when nothing matches
         extra = tuple(pa.field(c, pa.string()) for c in cfg.read.extra_cols)  # json values, as text

@@ -14,7 +14,7 @@ In a recipe:
 
 ScorePairs runs on full rows (image bytes in `_image`), after decoding and caption clean-up and
 before the curation stages, so every stage sees the scores. The model is loaded lazily on the
-workers by `pipeline.clip_handler.ClipModelHandler`, which imports the trainer (and torch);
+workers by `pipeline.scoring.handler.ClipModelHandler`, which imports the trainer (and torch);
 this module imports neither, so curating without a model never pays for them.
 
 Scores are on the scale of the model that made them. DataComp's 0.3 threshold is for OpenAI's

@@ -71,7 +71,7 @@ class NearDedupeConfig:
     become one row, not a hot bucket); the rest meet in buckets keyed by `pipeline.curation.lsh` tables
     sized from the row count, so buckets hold ~`target_bucket` rows at any scale (`bands` fixes
     contiguous bands instead). Compared pairs are exact; what scale costs is recall of pairs
-    many bits apart (see `pipeline.lsh.table_recall`, logged per run) and, for a given
+    many bits apart (see `pipeline.curation.lsh.table_recall`, logged per run) and, for a given
     threshold, precision: unrelated real images fall within 12 bits far more often than random
     hashes do, so at 1e8+ rows use a lower threshold (README: "Near dedupe at scale")."""
 

@@ -8,7 +8,7 @@ parallel show the same thing, even when their pixels differ too much for a perce
      numpy in one DoFn -- the sample is small, the data set never meets the driver;
   2. assignment: every row to its nearest centroid (a Map with the centroids as a side input);
   3. per cluster (GroupByKey by cluster id): pairs above the cosine `threshold` are joined,
-     and each connected group keeps one survivor (dedupe.cluster_losers): the best CLIP score,
+     and each connected group keeps one survivor (decisions.cluster_losers): the best CLIP score,
      then the most pixels, the longer caption, the smaller key.
 
 In a recipe (light rows must carry `image_embedding`: a `score` section, or a scored source):
