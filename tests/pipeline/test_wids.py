@@ -34,7 +34,9 @@ def test_manifest_json_opens_as_a_wids_shard_index(site, tmp_path):
     args = ["--input", str(tmp_path / "urls.parquet"), "--output", str(out), "--recipe", "none"]
     assert main([*args, "--allow-networks", "127.0.0.1/32", "--samples-per-shard", "2"]) == 0
     manifest = Manifest.from_json((out / "manifest.json").read_text())
-    assert len(manifest.shardlist) == 2  # relative shard URLs resolved against the manifest
+    # two shards by the key hash (keys follow the server's port, so both may fall in one):
+    # relative shard URLs are resolved against the manifest's folder either way
+    assert 1 <= len(manifest.shardlist) <= 2
 
     dataset = wids.ShardListDataset(
         str(out / "manifest.json"), cache_dir=str(tmp_path / "wids-cache"), transformations=[]
