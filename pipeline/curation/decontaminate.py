@@ -26,10 +26,10 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from PIL import Image
 
+from pipeline.curation.base import KeepRows, RowFilter
 from pipeline.curation.lsh import contiguous_bands, table_keys
 from pipeline.io.layout import FOUND_NAME, join_path
-from pipeline.results import decision
-from schemas import IMAGE_EXTENSIONS, Reason, Status, split_member_name
+from schemas import IMAGE_EXTENSIONS, Reason, split_member_name
 from schemas.imagehash import hamming, phash
 
 _TAR_END = bytes(2 * tarfile.BLOCKSIZE)  # the end-of-archive marker: two zero blocks
@@ -294,35 +294,39 @@ def refusal(output: str) -> str | None:
         return json.loads(f.read().decode("utf-8")).get("error")
 
 
-class _DecontaminateFn(beam.DoFn):
+_FOUND = "evaluation item "
+
+
+def found_detail(item_id: str, how: str) -> str:
+    """The removal's detail: which evaluation item the sample copies, and how it matched."""
+    return f"{_FOUND}{item_id} ({how})"
+
+
+def found_item(detail: str) -> str:
+    """The evaluation item a removal's detail names (the inverse of `found_detail`)."""
+    return detail[len(_FOUND) :].rsplit(" (", 1)[0]
+
+
+class EvalSetMatch(RowFilter):
+    """A sample whose bytes or pHash match an evaluation item is removed (`contaminated`)."""
+
+    namespace = "decontaminate"
+
     def __init__(self, cfg: DecontaminateConfig):
         self.cfg = cfg
-        self.removed = Metrics.counter("decontaminate", "contaminated")
 
     def setup(self):
         self._index = None
         self._eval_set_id = None
 
-    def process(self, row, eval_set):
+    def keep(self, row, eval_set):
         if self._index is None or self._eval_set_id != id(eval_set):  # built once per worker
             self._index = build_index(eval_set["items"], self.cfg.bands)
             self._eval_set_id = id(eval_set)
         found = match(row, self._index, self.cfg)
         if found is None:
-            yield row
-            return
-        self.removed.inc()
-        item_id, how = found
-        yield beam.pvalue.TaggedOutput("found", item_id)
-        yield beam.pvalue.TaggedOutput(
-            "removed",
-            decision(
-                row["key"],
-                Status.FILTERED,
-                Reason.CONTAMINATED,
-                error=f"evaluation item {item_id} ({how})",
-            ),
-        )
+            return True, None, None
+        return False, Reason.CONTAMINATED, found_detail(*found)
 
 
 def _write_report(
@@ -385,15 +389,14 @@ class Decontaminate(beam.PTransform):
             )
         )
         eval_side = beam.pvalue.AsSingleton(eval_set)
-        out = light | "Match" >> beam.ParDo(
-            _DecontaminateFn(self.cfg), eval_set=eval_side
-        ).with_outputs("removed", "found", main="kept")
+        out = light | "Match" >> KeepRows(EvalSetMatch(self.cfg), eval_set=eval_side)
         if self.output:
             _ = (
-                out.found
+                out["removed"]
+                | "FoundItems" >> beam.Map(lambda d: found_item(d["error"]))
                 | "CountFound" >> beam.combiners.Count.PerElement()
                 | "FoundList" >> beam.combiners.ToList()
                 | "WriteFound"
                 >> beam.Map(_write_found, eval_set=eval_side, cfg=self.cfg, output=self.output)
             )
-        return {"kept": out.kept, "removed": out.removed}
+        return out
