@@ -78,12 +78,12 @@ def record(row: dict) -> None:
 def select(args) -> None:
     from pipeline.demo.app import (
         DemoConfig,
-        build_web,
         curate,
         demo_digits,
         pixel_baseline,
         train_and_evaluate,
     )
+    from pipeline.demo.web import build_web
 
     for seed in args.seeds:
         cfg = DemoConfig(

@@ -9,7 +9,8 @@ import re
 import webdataset as wds
 from PIL import Image
 
-from pipeline.demo.app import DemoConfig, build_web, demo_digits, main, split_digits
+from pipeline.demo.app import DemoConfig, demo_digits, main
+from pipeline.demo.web import build_web, split_digits
 from schemas import Manifest, Stats
 
 
