@@ -12,11 +12,24 @@ Pure numpy + Pillow; imports neither Beam nor torch.
 from __future__ import annotations
 
 import hashlib
+import struct
 from functools import lru_cache
 
 import numpy as np
 from PIL import Image
 
+# What decoding a corrupt, truncated or hostile image can raise in Pillow (a counted skip or
+# failure wherever images are decoded: crawling, decontamination, training, scoring).
+DECODE_ERRORS = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    IndexError,
+    TypeError,
+    struct.error,
+    Image.DecompressionBombError,
+)
 _HASH_SIZE = 8  # 8x8 low-frequency DCT block
 _IMG_SIZE = 32  # image is reduced to 32x32 before the DCT
 

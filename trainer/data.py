@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from schemas.imagehash import DECODE_ERRORS
 from schemas.sample import image_extension
 from trainer.configs import DataConfig
 from trainer.position import (
@@ -45,7 +46,6 @@ from trainer.position import (
 )
 from trainer.sources import SHARD_ERRORS, DataError, Shard, iter_shard
 from trainer.transforms import (
-    DECODE_ERRORS,
     decode_image,
     random_resized_crop,
     resize_center_crop,

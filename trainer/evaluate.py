@@ -25,12 +25,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from schemas.imagehash import DECODE_ERRORS
 from schemas.sample import IMAGE_EXTENSIONS, image_extension
 from trainer.checkpoint import load_model
 from trainer.configs import EvalConfig, UserError
 from trainer.distributed import pick_device
 from trainer.sources import SHARD_ERRORS, DataError, iter_shard, resolve_sources
-from trainer.transforms import DECODE_ERRORS, decode_image, normalize, resize_center_crop
+from trainer.transforms import decode_image, normalize, resize_center_crop
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,6 @@ from PIL import Image
 # CLIP's (OpenAI) normalization constants, RGB.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-# what decoding a corrupt or hostile image raises (a counted skip, never a crash)
-DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 def decode_image(data: bytes, min_side: int | None = None) -> Image.Image:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import io
 import math
 import os
-import struct
 import warnings
 from dataclasses import dataclass
 from functools import partial
@@ -28,7 +27,7 @@ from PIL import Image, ImageOps
 
 from pipeline.crawl.concurrency import ThreadedMapFn
 from schemas import Reason, Status
-from schemas.imagehash import dhash, phash, pixel_hash
+from schemas.imagehash import DECODE_ERRORS, dhash, phash, pixel_hash
 
 RESIZE_MODES = ("no", "keep_ratio", "keep_ratio_largest", "center_crop", "border")
 
@@ -203,7 +202,7 @@ def decode_and_resize(data: bytes, cfg: ImageConfig) -> DecodedImage:
         raise
     except Image.DecompressionBombError as e:
         raise ImageError(Reason.TOO_MANY_PIXELS, str(e)) from None
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct.error) as e:
+    except DECODE_ERRORS as e:
         raise ImageError(Reason.DECODE, f"{type(e).__name__}: {e}") from None
 
 

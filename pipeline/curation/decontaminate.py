@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import struct
 import tarfile
 from dataclasses import dataclass
 
@@ -30,7 +29,7 @@ from pipeline.curation.base import KeepRows, RowFilter
 from pipeline.curation.lsh import contiguous_bands, table_keys
 from pipeline.io.layout import FOUND_NAME, join_path
 from schemas import IMAGE_EXTENSIONS, Reason, split_member_name
-from schemas.imagehash import hamming, phash
+from schemas.imagehash import DECODE_ERRORS, hamming, phash
 
 _TAR_END = bytes(2 * tarfile.BLOCKSIZE)  # the end-of-archive marker: two zero blocks
 
@@ -41,18 +40,6 @@ MAX_LISTED = 100  # unreadable evaluation items named in decontamination.json (a
 # What opening and decoding a bad image file can raise in Pillow (as images.decode_and_resize
 # catches): not found / truncated / unidentified (OSError), malformed chunks (SyntaxError,
 # ValueError, struct.error, IndexError, TypeError, EOFError), and decompression bombs.
-IMAGE_ERRORS = (
-    OSError,
-    SyntaxError,
-    ValueError,
-    EOFError,
-    IndexError,
-    TypeError,
-    struct.error,
-    Image.DecompressionBombError,
-)
-
-
 class EvalSetUnreadable(ValueError):
     """Too much of the evaluation set could not be read to protect it (one line, for the user)."""
 
@@ -79,7 +66,7 @@ class DecontaminateConfig:
 
 
 def eval_item(item_id: str, data: bytes) -> dict:
-    """An evaluation image -> {"id", "sha256", "phash"}; raises one of IMAGE_ERRORS when unreadable."""
+    """An evaluation image -> {"id", "sha256", "phash"}; raises one of DECODE_ERRORS when unreadable."""
     with Image.open(io.BytesIO(data)) as im:
         im.draft("RGB", (256, 256))
         return {
@@ -172,7 +159,7 @@ def _hash_tar(name: str, data: bytes) -> tuple[list[dict], list[dict]]:
                     item_id = f"{name}:{split_member_name(member.name)[0]}"
                     try:
                         items.append(eval_item(item_id, tar.extractfile(member).read()))
-                    except IMAGE_ERRORS as e:
+                    except DECODE_ERRORS as e:
                         bad.append(unreadable(item_id, e))
             # tarfile takes a tar cut at (or inside) a member header for a shorter, whole one
             if data[tar.offset : tar.offset + len(_TAR_END)] != _TAR_END:
@@ -198,7 +185,7 @@ def hash_eval_file(path: str, root: str) -> tuple[list[dict], list[dict]]:
         return _hash_tar(name, data)
     try:
         return [eval_item(name, data)], []
-    except IMAGE_ERRORS as e:
+    except DECODE_ERRORS as e:
         return [], [unreadable(name, e)]
 
 

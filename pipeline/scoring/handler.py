@@ -17,6 +17,7 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from pipeline.scoring.identity import ScorerIdentity, checkpoint_sha256, local_checkpoint
 from pipeline.scoring.pairs import ScoreConfig
+from schemas.imagehash import DECODE_ERRORS
 
 
 def _device(preference: str) -> torch.device:
@@ -80,7 +81,7 @@ class ClipModelHandler(ModelHandler[dict, PredictionResult, ClipScorer]):
     def run_inference(
         self, batch: Sequence[dict], model: ClipScorer, inference_args: dict | None = None
     ) -> Iterable[PredictionResult]:
-        from trainer.transforms import DECODE_ERRORS, decode_image, resize_center_crop
+        from trainer.transforms import decode_image, resize_center_crop
 
         size = self.scorer.image_size
         pixels, readable = [], []
