@@ -10,6 +10,7 @@ import os
 
 SHARDS_DIR = "shards"  # shards/00000.tar, shards/00000.parquet
 MANIFEST_NAME = "manifest.json"
+SIZES_NAME = "sizes.json"  # beside the tars: {"00000.tar": samples}, as OpenCLIP counts shards
 STATS_NAME = "stats.json"
 REPORT_NAME = "report.html"
 REJECTS_DIR = "rejects"  # rejects/*.parquet: every row not written, with its reason

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import math
 import tarfile
 import uuid
@@ -26,7 +27,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from pipeline.io.layout import MANIFEST_NAME, SHARDS_DIR, join_path
+from pipeline.io.layout import MANIFEST_NAME, SHARDS_DIR, SIZES_NAME, join_path
 from pipeline.results import rows_to_table
 from schemas import Manifest, ShardEntry, sample_to_members
 from schemas.records import EMBEDDING_FIELD_NAMES
@@ -224,8 +225,21 @@ class WriteShards(beam.PTransform):
         return {"rows": written.rows, "removed": written.removed, "shards": written.shards}
 
 
+def shard_sizes(manifest: Manifest) -> dict[str, dict[str, int]]:
+    """{folder of the shards: {tar file name: samples}}: the `sizes.json` OpenCLIP's webdataset
+    loader reads beside the tars to count an epoch without --train-num-samples."""
+    sizes: dict[str, dict[str, int]] = {}
+    for entry in manifest.shardlist:
+        folder, _, name = entry.url.rpartition("/")
+        sizes.setdefault(folder, {})[name] = entry.nsamples
+    return sizes
+
+
 def save_manifest(manifest: Manifest, output: str) -> str:
-    """OUTPUT/manifest.json, written atomically. -> its path."""
+    """OUTPUT/manifest.json, and sizes.json beside the tars, written atomically. -> its path."""
+    for folder, sizes in shard_sizes(manifest).items():
+        text = json.dumps(sizes, indent=0, sort_keys=True).encode("utf-8")
+        write_atomically(join_path(output, folder, SIZES_NAME), lambda f, t=text: f.write(t))
     path = join_path(output, MANIFEST_NAME)
     write_atomically(path, lambda f: f.write(manifest.to_json().encode("utf-8")))
     return path
