@@ -59,6 +59,23 @@ def test_unknown_column(urls, tmp_path):
     )
 
 
+@pytest.mark.parametrize(
+    ("value", "pointer"),
+    [
+        (
+            "webdataset",
+            "webpairs always writes WebDataset shards; the image codec is --encode-format",
+        ),
+        ("jpg", "the image codec is --encode-format jpg"),
+    ],
+)
+def test_img2dataset_output_format_is_refused_with_a_pointer(urls, tmp_path, value, pointer):
+    # img2dataset's --output_format is the container; ours would have been the codec
+    args = ("--input", str(urls), "--output", str(tmp_path / "o"), "--output-format", value)
+    _one_error_line(_run("curate", *args), pointer)
+    assert not (tmp_path / "o").exists()
+
+
 def test_bad_choice_is_argparse_error(urls, tmp_path):
     proc = _run(
         "curate", "--input", str(urls), "--output", str(tmp_path / "o"), "--resize-mode", "squash"

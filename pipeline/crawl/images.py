@@ -32,7 +32,7 @@ from schemas.imagehash import DECODE_ERRORS, dhash, phash, pixel_hash
 RESIZE_MODES = ("no", "keep_ratio", "keep_ratio_largest", "center_crop", "border")
 
 
-OUTPUT_FORMATS = {"jpg": "JPEG", "webp": "WEBP", "png": "PNG"}
+ENCODE_FORMATS = {"jpg": "JPEG", "webp": "WEBP", "png": "PNG"}
 
 
 _MAGIC = (
@@ -70,7 +70,7 @@ class ImageConfig:
     image_size: int = 256
     resize_mode: str = "keep_ratio"
     resize_only_if_bigger: bool = False  # never upscale
-    output_format: str = "jpg"  # jpg | webp | png
+    encode_format: str = "jpg"  # jpg | webp | png: the codec of the images in the shards
     encode_quality: int = 95  # jpg/webp quality; png compress level is fixed
     max_pixels: int = (
         89_478_485  # decompression-bomb cap (Pillow's default), checked from the header
@@ -85,9 +85,9 @@ class ImageConfig:
             raise ValueError(
                 f"resize mode {self.resize_mode!r} is not one of {', '.join(RESIZE_MODES)}"
             )
-        if self.output_format not in OUTPUT_FORMATS:
+        if self.encode_format not in ENCODE_FORMATS:
             raise ValueError(
-                f"output format {self.output_format!r} is not one of {', '.join(OUTPUT_FORMATS)}"
+                f"encode format {self.encode_format!r} is not one of {', '.join(ENCODE_FORMATS)}"
             )
         if self.image_size < 1:
             raise ValueError("image size must be positive")
@@ -142,7 +142,7 @@ def _to_rgb(im: Image.Image, background: tuple[int, int, int]) -> Image.Image:
 
 def _encode(im: Image.Image, cfg: ImageConfig) -> bytes:
     buf = io.BytesIO()
-    fmt = OUTPUT_FORMATS[cfg.output_format]
+    fmt = ENCODE_FORMATS[cfg.encode_format]
     if fmt == "JPEG":
         im.save(buf, fmt, quality=cfg.encode_quality, optimize=False)
     elif fmt == "WEBP":
@@ -172,13 +172,13 @@ def decode_and_resize(data: bytes, cfg: ImageConfig) -> DecodedImage:
             tw, th = target_size(ow, oh, cfg)
             if (
                 cfg.resize_mode == "no"
-                and source_format == OUTPUT_FORMATS[cfg.output_format]
+                and source_format == ENCODE_FORMATS[cfg.encode_format]
                 and not swaps
             ) and (im.mode == "RGB" or (source_format == "JPEG" and im.mode == "L")):
                 im.load()  # reject truncated files even when the bytes are kept
                 rgb = _to_rgb(im, cfg.background)
                 return DecodedImage(
-                    data, cfg.output_format, ow, oh, ow, oh, pixel_hash(rgb), phash(rgb), dhash(rgb)
+                    data, cfg.encode_format, ow, oh, ow, oh, pixel_hash(rgb), phash(rgb), dhash(rgb)
                 )
             if source_format == "JPEG" and (tw, th) != (ow, oh):
                 # Decode at the smallest power-of-two scale that still covers the target.
@@ -189,7 +189,7 @@ def decode_and_resize(data: bytes, cfg: ImageConfig) -> DecodedImage:
             im = _resize(im, tw, th, cfg)
             return DecodedImage(
                 _encode(im, cfg),
-                cfg.output_format,
+                cfg.encode_format,
                 im.width,
                 im.height,
                 ow,

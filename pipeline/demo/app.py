@@ -107,7 +107,7 @@ def curate(cfg: DemoConfig, rows: list[dict], heldout: Path, prog: str) -> int:
         return curate_job.main(
             [
                 "--input", str(out / "urls.parquet"), "--output", str(out / "dataset"),
-                "--image-size", str(cfg.image_size), "--resize-mode", "center_crop", "--output-format", "png",
+                "--image-size", str(cfg.image_size), "--resize-mode", "center_crop", "--encode-format", "png",
                 "--save-additional-columns", "label", "--recipe", str(out / "recipe.json"),
                 "--samples-per-shard", "256", "--retries", "1", "--overwrite",
                 "--allow-networks", "127.0.0.1/32",  # the demo's own loopback server

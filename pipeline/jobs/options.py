@@ -9,6 +9,7 @@ Every Beam flag (`--runner`, `--direct_num_workers`, `--direct_running_mode`, Da
 
 from __future__ import annotations
 
+import argparse
 import math
 from dataclasses import dataclass
 
@@ -20,7 +21,7 @@ from pipeline.crawl.download import (
     DownloadConfig,
     load_domain_list,
 )
-from pipeline.crawl.images import OUTPUT_FORMATS, RESIZE_MODES, ImageConfig
+from pipeline.crawl.images import ENCODE_FORMATS, RESIZE_MODES, ImageConfig
 from pipeline.curation.recipe import Recipe, load_recipe, with_overrides
 from pipeline.io.previous import check_previous, rejects_input
 from pipeline.io.shards import ShardConfig
@@ -236,8 +237,15 @@ class CurateOptions(PipelineOptions):
         g.add_argument("--image-size", dest="image_size", type=int, default=256)
         g.add_argument("--resize-only-if-bigger", dest="resize_only_if_bigger", action="store_true")
         g.add_argument(
-            "--output-format", dest="output_format", choices=tuple(OUTPUT_FORMATS), default="jpg"
+            "--encode-format",
+            dest="encode_format",
+            choices=tuple(ENCODE_FORMATS),
+            default="jpg",
+            help="image codec in the shards (img2dataset's --encode_format)",
         )
+        # img2dataset's --output_format names the container (webdataset, parquet, files...):
+        # refused with a pointer, never read as the codec (see config_from_options)
+        g.add_argument("--output-format", dest="output_format", help=argparse.SUPPRESS)
         g.add_argument("--encode-quality", dest="encode_quality", type=int, default=95)
         g.add_argument("--max-pixels", dest="max_pixels", type=int, default=89_478_485)
         g.add_argument("--min-image-size", dest="min_image_size", type=int, default=0)
@@ -270,6 +278,16 @@ class CurateConfig:
 
 
 def config_from_options(opts: CurateOptions) -> CurateConfig:
+    if opts.output_format is not None:
+        hint = (
+            f"the image codec is --encode-format {opts.output_format}"
+            if opts.output_format in ENCODE_FORMATS
+            else "webpairs always writes WebDataset shards; the image codec is --encode-format"
+        )
+        raise InputError(
+            f"--output-format is img2dataset's container flag, not ours: {hint} "
+            "(docs/from-img2dataset.md)"
+        )
     if opts.retry_failed:
         if opts.input:
             raise InputError(
@@ -328,7 +346,7 @@ def config_from_options(opts: CurateOptions) -> CurateConfig:
         image_size=opts.image_size,
         resize_mode=opts.resize_mode,
         resize_only_if_bigger=opts.resize_only_if_bigger,
-        output_format=opts.output_format,
+        encode_format=opts.encode_format,
         encode_quality=opts.encode_quality,
         max_pixels=opts.max_pixels,
         min_image_size=opts.min_image_size,

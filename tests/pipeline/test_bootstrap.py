@@ -60,7 +60,7 @@ def test_curate_train_score_reselect_train_again(tmp_path):
     round0 = tmp_path / "round0"
     args = ["--input", str(noisy_digits(tmp_path / "web", 60)), "--input-format", "webdataset"]
     args += ["--output", str(round0), "--recipe", str(recipe), "--image-size", "32"]
-    assert curate(args + ["--output-format", "png", "--samples-per-shard", "32"]) == 0
+    assert curate(args + ["--encode-format", "png", "--samples-per-shard", "32"]) == 0
     stats0 = Stats.from_json((round0 / "stats.json").read_text())
     assert stats0.written == 60 and stats0.filtered == {"too_few_words": 4}
     assert stats0.duplicate == {"duplicate_image": 3}

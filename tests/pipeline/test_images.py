@@ -69,7 +69,7 @@ def test_no_resize_keeps_original_jpeg_bytes(coffee_jpeg):
 
 def test_border_pads_with_black_bars(coffee_jpeg):
     out = decode_and_resize(
-        coffee_jpeg, ImageConfig(image_size=128, resize_mode="border", output_format="png")
+        coffee_jpeg, ImageConfig(image_size=128, resize_mode="border", encode_format="png")
     )
     px = np.asarray(Image.open(io.BytesIO(out.data)))
     assert px[:10].max() == 0 and px[-10:].max() == 0  # 85 px tall image centred in 128
@@ -79,7 +79,7 @@ def test_border_pads_with_black_bars(coffee_jpeg):
 def test_reduced_scale_jpeg_decode_matches_full_decode(photos):
     big = photos["astronaut"].convert("RGB").resize((1600, 1600), Image.LANCZOS)
     data = encode(big, "JPEG", quality=95)
-    fast = decode_and_resize(data, ImageConfig(image_size=200, output_format="png"))
+    fast = decode_and_resize(data, ImageConfig(image_size=200, encode_format="png"))
     reference = np.asarray(
         Image.open(io.BytesIO(data)).convert("RGB").resize((200, 200), Image.LANCZOS), dtype=float
     )
@@ -132,7 +132,7 @@ def test_colour_modes_become_rgb(photos, kind):
         data = encode(Image.fromarray(arr), "PNG")
     else:
         data = encode(rgb.convert("P"), "GIF")
-    out = decode_and_resize(data, ImageConfig(image_size=64, output_format="png"))
+    out = decode_and_resize(data, ImageConfig(image_size=64, encode_format="png"))
     im = Image.open(io.BytesIO(out.data))
     assert im.mode == "RGB" and min(im.size) == 64
     if kind == "16bit_png":  # scaled to 8 bits, not clipped to white
@@ -163,7 +163,7 @@ def test_size_and_aspect_filters(coffee_jpeg):
 
 
 def test_webp_output(coffee_jpeg):
-    out = decode_and_resize(coffee_jpeg, ImageConfig(image_size=64, output_format="webp"))
+    out = decode_and_resize(coffee_jpeg, ImageConfig(image_size=64, encode_format="webp"))
     assert out.ext == "webp" and Image.open(io.BytesIO(out.data)).format == "WEBP"
 
 

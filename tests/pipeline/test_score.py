@@ -100,7 +100,7 @@ def curate_scored(tars: Path, out: Path, checkpoint: Path, *extra: str) -> Path:
         "none",
         "--image-size",
         "32",
-        "--output-format",
+        "--encode-format",
         "png",
         "--score-checkpoint",
         str(checkpoint),

@@ -57,7 +57,7 @@ def source(tmp_path_factory) -> Path:
     out = tmp / "out"
     args = ["--input", str(digit_tars(tmp / "tars", 40, per_shard=20)), "--output", str(out)]
     args += ["--input-format", "webdataset", "--recipe", "none", "--image-size", "32"]
-    args += ["--output-format", "png"]
+    args += ["--encode-format", "png"]
     assert curate(args + ["--samples-per-shard", "20"]) == 0
     return out
 
