@@ -111,7 +111,7 @@ def test_pipeline_image_installs_the_projects_own_dependency_list():
     # nothing re-listed by hand beside Beam's own extras
     pip_lines = [r for r in re.findall(r"^RUN (.+)$", text, flags=re.M) if "pip install" in r]
     named = {s for r in pip_lines for s in re.findall(r'"([^"]+)"', r) if "import " not in s}
-    assert named == {"apache-beam[gcp,aws]==${BEAM_VERSION}"}
+    assert named == {"apache-beam[gcp,aws,dask]==${BEAM_VERSION}"}
 
 
 @pytest.mark.parametrize(

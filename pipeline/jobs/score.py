@@ -35,7 +35,7 @@ from pipeline.io.reshard import ReadSource, Source, open_source
 from pipeline.io.shards import save_manifest, write_atomically
 from pipeline.io.url_lists import InputError
 from pipeline.jobs.options import CurateOptions
-from pipeline.jobs.shell import job_main, job_options
+from pipeline.jobs.shell import job_main, job_options, run_pipeline
 from pipeline.results import parquet_schema
 from pipeline.scoring.identity import ScorerIdentity
 from pipeline.scoring.pairs import SCORE_COLUMN, ScoreConfig, ScorePairs, check_scoring
@@ -170,8 +170,7 @@ def run(argv: list[str]) -> tuple[Source, dict]:
     p = beam.Pipeline(options=options)
     _ = p | "ScoreDataset" >> ScoreDataset(source, cfg, scorer)
     logger.info("scoring %s with %s", source.path, scorer.checkpoint)
-    result = p.run()
-    result.wait_until_finish()
+    result = run_pipeline(p, source.path)
     counters = result.metrics().query(MetricsFilter().with_namespace("score"))["counters"]
     return source, {c.key.metric.name: c.committed for c in counters}
 

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import logging
 import sys
+from contextlib import nullcontext
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.runners.runner import PipelineResult
 
 from pipeline.accounting.report import write_report
 from pipeline.accounting.stats import WriteStats
@@ -27,6 +29,7 @@ from pipeline.io.layout import OUTPUT_NAMES, REJECTS_DIR, STATS_NAME, join_path
 from pipeline.io.shards import WriteManifest
 from pipeline.io.url_lists import InputError
 from pipeline.results import parquet_schema
+from pipeline.runners.cluster import dask_cluster, resolve_runner, uses_dask
 from schemas import Stats, StatsMismatchError, Status
 
 logger = logging.getLogger(__name__)
@@ -83,7 +86,8 @@ def job_main(argv: list[str] | None, prog: str, help_text, run_job) -> int:
         logging.basicConfig(
             level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
-        logging.getLogger("apache_beam").setLevel(logging.WARNING)  # its INFO lines drown ours
+        for noisy in ("apache_beam", "distributed"):  # their INFO lines drown ours
+            logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         line = run_job(argv)
     except (InputError, ValueError) as e:
@@ -99,8 +103,10 @@ def job_main(argv: list[str] | None, prog: str, help_text, run_job) -> int:
 
 
 def job_options(argv: list[str]) -> PipelineOptions:
-    """The job's Beam options: unknown flags refused, DirectRunner unless a runner is given."""
+    """The job's Beam options: unknown flags refused, DirectRunner unless a runner is given,
+    `--runner dask` resolved (pipeline/runners/cluster.py)."""
     options = PipelineOptions(argv)
+    resolve_runner(options)
     check_flags(argv, options)
     if options.view_as(StandardOptions).runner is None:
         options.view_as(StandardOptions).runner = "DirectRunner"
@@ -160,11 +166,17 @@ def write_tail(
     _ = stats_inputs | "WriteStats" >> WriteStats(output)
 
 
-def run_pipeline(p: beam.Pipeline, output: str) -> None:
-    """Runs the job to its end. A refusal the pipeline recorded in OUTPUT (an evaluation set too
-    unreadable to protect) becomes one error line, whichever runner raised what."""
+def run_pipeline(p: beam.Pipeline, output: str) -> PipelineResult:
+    """Runs the job to its end (on its dask cluster, with `--runner dask`). A refusal the
+    pipeline recorded in OUTPUT (an evaluation set too unreadable to protect) becomes one
+    error line, whichever runner raised what."""
     try:
-        p.run().wait_until_finish()
+        with dask_cluster(p.options, output) if uses_dask(p.options) else nullcontext():
+            result = p.run()
+            result.wait_until_finish()
+        return result
+    except InputError:
+        raise
     except Exception:
         refused = refusal(output)
         if refused is None:

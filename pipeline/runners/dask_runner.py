@@ -1,0 +1,372 @@
+"""Beam jobs on a dask.distributed cluster: Beam's DaskRunner with a translation that runs
+every transform our jobs use, the way DirectRunner does.
+
+    python -m pipeline.curate --input urls.parquet --output out/ --runner dask --dask-workers 2
+    --runner pipeline.runners.dask_runner.DaskRunner --dask_client_address tcp://HOST:8786
+
+Beam 2.77's own DaskRunner (`apache_beam.runners.dask.dask_runner.DaskRunner`) translates
+Create, ParDo, GroupByKey and Flatten to dask bags, but for a job like ours it is wrong:
+it computes only the last transform's bag (a job's other sinks never run), hands every tagged
+output of a DoFn to every consumer, drops what a DoFn emits in `finish_bundle` (BatchElements'
+last batch, file writers), leaves `Read` (ReadFromParquet, ReadFromText) untranslated, runs
+`setup` per partition and returns no counters. This subclass keeps its options
+(`--dask_client_address`, `--dask_npartitions`) and replaces the translation:
+
+- one dask graph for the whole job: every sink is computed, shared upstream work once;
+- a ParDo partition runs its DoFn as Beam's DoFnRunner (start, process, finish bundle, side
+  inputs, tagged outputs kept apart); DoFn instances are set up once per worker process and
+  reused, like a Beam worker does;
+- GroupByKey is a task-based hash shuffle on dask's deterministic `tokenize` of the key, into
+  at least as many partitions as the cluster has worker threads; CombinePerKey is lifted
+  (partial combine per partition, then the shuffle), so CombineGlobally does not gather all rows;
+- Read splits its source on the driver (64 MiB bundles) and reads each bundle in a task;
+  Reshuffle spreads a collection over the cluster's threads;
+- side inputs are computed once and sent to the tasks that read them;
+- counters come back (a partition's are kept only from the attempt dask keeps), `metrics()`.
+
+Not supported, refused before anything runs with the stage's name: stateful DoFns and timers,
+splittable DoFns, windowing other than the global window, unbounded collections, and any other
+primitive transform (TestStream, cross-language transforms).
+
+A worker that dies takes its tasks and the data it held with it; dask's scheduler recomputes
+them on the other workers (up to `distributed.scheduler.allowed-failures` times per task), so
+the DoFns a job runs must be safe to re-run: ours write files to a temporary name and rename
+them, and the crawl log tolerates a row logged twice.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import typing as t
+import uuid
+
+import apache_beam as beam
+from apache_beam import pvalue, typehints
+from apache_beam.internal import pickler
+from apache_beam.pipeline import PipelineVisitor, PTransformOverride
+from apache_beam.runners.common import DoFnSignature
+from apache_beam.runners.dask import dask_runner as beam_dask
+from apache_beam.runners.dask import overrides as beam_overrides
+from apache_beam.runners.dask.overrides import _Create, _Flatten, _Reshuffle
+from apache_beam.runners.direct.direct_metrics import DirectMetrics
+from apache_beam.runners.runner import PipelineResult, PipelineState
+from apache_beam.transforms.combiners import LiftedCombinePerKey
+from apache_beam.transforms.core import Impulse
+from apache_beam.transforms.window import GlobalWindows
+
+from pipeline.runners import dask_tasks as tasks
+
+logger = logging.getLogger(__name__)
+
+K = t.TypeVar("K")
+V = t.TypeVar("V")
+
+BUNDLE_BYTES = 16 << 20  # Read: the source is split into bundles of about this size
+CREATE_PARTITIONS = 1024  # at most this many partitions for a Create's values
+
+
+class UnsupportedOnDask(ValueError):
+    """A transform this runner cannot run; raised before the job starts."""
+
+
+def _refuse(node, what: str) -> t.NoReturn:
+    raise UnsupportedOnDask(f"stage {node.full_label!r}: {what} cannot run on the Dask runner")
+
+
+@typehints.with_input_types(tuple[K, V])
+@typehints.with_output_types(tuple[K, t.Iterable[V]])
+class _GroupByKey(beam.PTransform):
+    """GroupByKey in the global window: a shuffle (no window reification needed)."""
+
+    def expand(self, pcoll):
+        return pvalue.PCollection.from_(pcoll)
+
+    def infer_output_type(self, input_type):
+        key_type, value_type = typehints.trivial_inference.key_value_types(input_type)
+        return typehints.KV[key_type, typehints.Iterable[value_type]]
+
+
+class _Read(beam_overrides._Read):
+    """Beam's stand-in for Read, with the global window its output lies in."""
+
+    def get_windowing(self, inputs):
+        return beam.Windowing(GlobalWindows())
+
+
+class _Replace(PTransformOverride):
+    """Replaces a transform of exactly `cls` with `make(transform)`."""
+
+    def __init__(self, cls, make, when=lambda applied: True):
+        self.cls, self.make, self.when = cls, make, when
+
+    def matches(self, applied):
+        return applied.transform.__class__ is self.cls and self.when(applied)
+
+    def get_replacement_transform_for_applied_ptransform(self, applied):
+        return self.make(applied.transform)
+
+
+def _lifted(transform):
+    try:
+        return LiftedCombinePerKey(transform.fn, transform.args, transform.kwargs)
+    except NotImplementedError:  # 10+ side inputs: combined after a plain GroupByKey
+        return transform
+
+
+def overrides() -> list[PTransformOverride]:
+    """Combine lifting first: it expands into ParDos and a GroupByKey that the rest replace."""
+    return [
+        _Replace(beam.CombinePerKey, _lifted, lambda a: a.inputs[0].windowing.is_default()),
+        _Replace(beam.Create, lambda tr: _Create(tr.values)),
+        _Replace(beam.Reshuffle, lambda tr: _Reshuffle()),
+        _Replace(beam.io.Read, lambda tr: _Read(tr.source)),
+        _Replace(beam.GroupByKey, lambda tr: _GroupByKey()),
+        _Replace(beam.Flatten, lambda tr: _Flatten()),
+    ]
+
+
+class _Graph(PipelineVisitor):
+    """The pipeline's primitive transforms -> one dask task graph: each PCollection is a list
+    of partition keys, each partition a task whose result is a list of elements.
+
+    Built by hand (dask's legacy tuple tasks), not with dask.bag: every key is explicit, so
+    work shared by several consumers (a side input and a main input of the same collection)
+    is one task, whatever dask's graph optimizations would fuse, and building stays linear in
+    the number of transforms. Literals reach tasks pickled (bytes), never as bare tuples that
+    dask would read as tasks or keys."""
+
+    def __init__(self, threads: int, reads: dict, shuffle_partitions: int):
+        self.threads = threads  # Reshuffle spreads a collection over at least this many
+        self.reads = reads  # Read node -> its source split into bundles
+        self.shuffle_partitions = shuffle_partitions  # every GroupByKey's output
+        self.job = uuid.uuid4().hex[:8]
+        self.tasks: dict[tuple, tuple | bytes] = {}
+        self.pcolls: dict[pvalue.PCollection, list[tuple]] = {}
+        self.consumed: set[pvalue.PCollection] = set()
+        self.metrics: list[tuple] = []  # one key per ParDo partition: its MetricUpdates
+        self._names = itertools.count()
+
+    def _name(self, node, what: str) -> str:
+        return f"{what}-{node.full_label[-60:]}-{self.job}-{next(self._names)}"
+
+    def _add(self, name: str, tasks: list) -> list[tuple]:
+        keys = [(name, i) for i in range(len(tasks))]
+        self.tasks.update(zip(keys, tasks))
+        return keys
+
+    def sinks(self) -> list[tuple]:
+        """A count task per partition of every collection nobody reads: what the job computes."""
+        keys = []
+        for pcoll, parts in self.pcolls.items():
+            if pcoll not in self.consumed:
+                keys += self._add(f"count-{parts[0][0]}", [(tasks.count, k) for k in parts])
+        return keys
+
+    def _inputs(self, node) -> list[list[tuple]]:
+        pcolls = [p for p in node.inputs if isinstance(p, pvalue.PCollection)]
+        self.consumed.update(pcolls)
+        return [self.pcolls[p] for p in pcolls]
+
+    def visit_transform(self, node):
+        if not all(out.is_bounded for out in node.outputs.values()):
+            _refuse(node, "an unbounded collection")
+        transform = node.transform
+        inputs = self._inputs(node)
+        if isinstance(transform, beam.ParDo):
+            return self._pardo(node, transform, inputs[0])
+        if isinstance(transform, _Create):
+            parts = self._create(node, list(transform.values))
+        elif isinstance(transform, Impulse):
+            parts = self._create(node, [b""])
+        elif isinstance(transform, _Read):
+            parts = self._add(
+                self._name(node, "read"),
+                [(tasks.read_bundles, pickler.dumps([b])) for b in self.reads[node]] or [[]],
+            )
+        elif isinstance(transform, _Reshuffle):
+            parts = self._spread(node, inputs[0])
+        elif isinstance(transform, _GroupByKey):
+            parts = self._group(node, inputs[0])
+        elif isinstance(transform, _Flatten):
+            parts = [k for keys in inputs for k in keys] or self._create(node, [])
+        else:
+            _refuse(node, f"the primitive transform {type(transform).__name__}")
+        (out,) = node.outputs.values()
+        self.pcolls[out] = parts
+
+    def _create(self, node, values: list) -> list[tuple]:
+        n = create_partitions(len(values))
+        chunks = [values[i::n] for i in range(n)]
+        return self._add(
+            self._name(node, "create"), [(tasks.unpickle, pickler.dumps(c)) for c in chunks]
+        )
+
+    def _spread(self, node, parts: list[tuple]) -> list[tuple]:
+        """At least `threads` partitions: each input cut into contiguous pieces."""
+        if len(parts) >= self.threads:
+            return parts
+        per = -(-self.threads // len(parts))
+        cut = self._add(self._name(node, "cut"), [(tasks.pieces, k, per) for k in parts])
+        return self._add(
+            self._name(node, "piece"), [(tasks.piece, c, i) for c in cut for i in range(per)]
+        )
+
+    def _group(self, node, parts: list[tuple]) -> list[tuple]:
+        """A GroupByKey: each partition split by key hash, then bucket j of every split grouped."""
+        buckets = self.shuffle_partitions
+        splits = self._add(
+            self._name(node, "split"), [(tasks.hash_split, k, buckets) for k in parts]
+        )
+        return self._add(
+            self._name(node, "group"), [(tasks.group_bucket, j, splits) for j in range(buckets)]
+        )
+
+    def _pardo(self, node, transform, parts: list[tuple]) -> None:
+        for out in node.outputs.values():  # WindowInto is the ParDo that sets windows
+            if not isinstance(out.windowing.windowfn, GlobalWindows):
+                _refuse(node, f"windowing ({type(out.windowing.windowfn).__name__})")
+        signature = DoFnSignature(transform.fn)
+        if signature.is_stateful_dofn():
+            _refuse(node, "a stateful DoFn (state or timers)")
+        if signature.is_splittable_dofn():
+            _refuse(node, "a splittable DoFn")
+        sides = list(node.side_inputs)
+        self.consumed.update(si.pvalue for si in sides)
+        # each side input gathered once, whole, and handed to every task that reads it
+        whole = [
+            self._add(self._name(node, "side"), [(tasks.concat, self.pcolls[si.pvalue])])[0]
+            for si in sides
+        ]
+        step = (
+            transform.fn,
+            transform.args,
+            transform.kwargs,
+            [(type(si), si._view_options()) for si in sides],
+            beam.Windowing(GlobalWindows()),
+        )
+        (payload,) = self._add(self._name(node, "dofn"), [pickler.dumps(step)])
+        label = node.full_label
+        bundles = self._add(
+            self._name(node, "pardo"),
+            [(tasks.run_bundle, k, self.job, payload, label, *whole) for k in parts],
+        )
+        for tag, out in node.outputs.items():
+            self.pcolls[out] = self._add(
+                self._name(node, f"out.{tag}"), [(tasks.output_of, b, _tag(tag)) for b in bundles]
+            )
+        self.metrics += self._add(
+            self._name(node, "metrics"), [(tasks.metrics_of, b) for b in bundles]
+        )
+
+
+def _tag(tag):
+    return None if tag in (None, "None") else tag
+
+
+def create_partitions(n_values: int) -> int:
+    """A Create's partitions: one per value up to CREATE_PARTITIONS (its values are files or
+    shards to read, mostly: one task each)."""
+    return max(1, min(n_values, CREATE_PARTITIONS))
+
+
+class _Sources(PipelineVisitor):
+    """First pass: every Read split into bundles, and the largest source's partition count."""
+
+    def __init__(self):
+        self.reads: dict = {}
+        self.largest = 1
+
+    def visit_transform(self, node):
+        if isinstance(node.transform, _Read):
+            bundles = list(node.transform.source.split(desired_bundle_size=BUNDLE_BYTES))
+            self.reads[node] = bundles
+            self.largest = max(self.largest, len(bundles))
+        elif isinstance(node.transform, _Create):
+            self.largest = max(self.largest, create_partitions(len(node.transform.values)))
+
+
+def translate(pipeline: beam.Pipeline, threads: int, shuffle_partitions: int | None = None):
+    """Overrides applied and the graph translated; raises UnsupportedOnDask naming the first
+    stage that cannot run. A GroupByKey's output has `shuffle_partitions` partitions, by
+    default as many as the largest source has and at least one per worker thread: the
+    shuffles keep the sources' granularity and every thread busy."""
+    pipeline.replace_all(overrides())
+    sources = _Sources()
+    pipeline.visit(sources)
+    partitions = shuffle_partitions or max(threads, sources.largest)
+    graph = _Graph(threads, sources.reads, partitions)
+    pipeline.visit(graph)
+    return graph
+
+
+class DaskJobResult(PipelineResult):
+    """The running job: `wait_until_finish()` raises a task's error (with its stage's name)."""
+
+    def __init__(self, client, job: str, sinks: list, metrics: list):
+        super().__init__(PipelineState.RUNNING)
+        self._client, self._job = client, job
+        self._sinks, self._metric_futures = sinks, metrics
+        self._metrics = DirectMetrics()
+
+    def wait_until_finish(self, duration=None):
+        if PipelineState.is_terminal(self._state):
+            return self._state
+        from distributed import wait
+
+        try:
+            if duration is not None:
+                wait(self._sinks + self._metric_futures, timeout=duration / 1000)
+            self._client.gather(self._sinks)
+            for i, updates in enumerate(self._client.gather(self._metric_futures)):
+                self._metrics.commit_physical(i, updates)
+                self._metrics.commit_logical(i, updates)
+            self._state = PipelineState.DONE
+        except BaseException:
+            self._state = PipelineState.FAILED
+            raise
+        finally:
+            if PipelineState.is_terminal(self._state):
+                self._close()
+        return self._state
+
+    def _close(self) -> None:
+        try:
+            self._client.run(tasks.release, self._job)  # the job's DoFns torn down
+        except Exception as e:  # a worker gone: its DoFns went with it
+            logger.warning("tearing down the job's DoFns on the workers: %s", e)
+        self._client.close()
+
+    def cancel(self):
+        self._client.cancel(self._sinks + self._metric_futures)
+        self._close()
+        self._state = PipelineState.CANCELLED
+        return self._state
+
+    def metrics(self):
+        return self._metrics
+
+
+class DaskRunner(beam_dask.DaskRunner):
+    """Runs a pipeline on the dask.distributed scheduler at `--dask_client_address`."""
+
+    def run_pipeline(self, pipeline, options):
+        from distributed import Client
+
+        dask_options = options.view_as(beam_dask.DaskOptions)
+        client = Client(dask_options.address, timeout=dask_options.timeout or 30)
+        try:
+            threads = max(1, sum(client.nthreads().values()))
+            graph = translate(pipeline, threads, dask_options.npartitions)
+            sinks = graph.sinks()
+            futures = client.get(graph.tasks, sinks + graph.metrics, sync=False)
+        except BaseException:
+            client.close()
+            raise
+        logger.info(
+            "running on dask at %s: %d tasks, %d partitions per shuffle",
+            client.scheduler.address,
+            len(graph.tasks),
+            graph.shuffle_partitions,
+        )
+        return DaskJobResult(client, graph.job, futures[: len(sinks)], futures[len(sinks) :])
