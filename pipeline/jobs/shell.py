@@ -106,7 +106,7 @@ def job_options(argv: list[str]) -> PipelineOptions:
     """The job's Beam options: unknown flags refused, DirectRunner unless a runner is given,
     `--runner dask` resolved (pipeline/runners/cluster.py)."""
     options = PipelineOptions(argv)
-    resolve_runner(options)
+    resolve_runner(options, argv)
     check_flags(argv, options)
     if options.view_as(StandardOptions).runner is None:
         options.view_as(StandardOptions).runner = "DirectRunner"

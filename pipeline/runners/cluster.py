@@ -15,6 +15,7 @@ import contextlib
 import importlib.util
 import logging
 import os
+import re
 import uuid
 
 from apache_beam.io.filesystems import FileSystems
@@ -54,7 +55,7 @@ def uses_dask(options: PipelineOptions) -> bool:
     return options.view_as(StandardOptions).runner == DASK_RUNNER
 
 
-def resolve_runner(options: PipelineOptions) -> None:
+def resolve_runner(options: PipelineOptions, argv: list[str]) -> None:
     """`--runner dask` (or DaskRunner) -> this project's Dask runner; the dask flags checked."""
     std = options.view_as(StandardOptions)
     opts = options.view_as(DaskClusterOptions)
@@ -67,6 +68,12 @@ def resolve_runner(options: PipelineOptions) -> None:
     if importlib.util.find_spec("distributed") is None:
         raise InputError(
             "--runner dask needs dask.distributed: pip install 'webpairs[dask]' (or 'dask[distributed]')"
+        )
+    if any(a.split("=")[0] == "--dask_connection_timeout" for a in argv):
+        # Beam stores it under the name of webpairs' --timeout (the download deadline)
+        raise InputError(
+            "--dask_connection_timeout would change --timeout; set "
+            "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT instead"
         )
     if opts.dask_address and opts.dask_workers is not None:
         raise InputError("--dask-address joins a cluster, --dask-workers starts one: pass one")
@@ -102,10 +109,11 @@ def check_workers(client, output: str) -> None:
     finally:
         FileSystems.delete([probe])
     for worker, view in sorted(views.items()):
-        if isinstance(view, ModuleNotFoundError):
+        missing = re.search(r"No module named '([\w.]+)'", str(view))
+        if isinstance(view, BaseException) and missing:  # the check itself is project code
             raise InputError(
-                f"dask worker {worker} cannot import {view.name!r}: run the workers from the "
-                "project's image (docker/pipeline.Dockerfile) or install webpairs there"
+                f"dask worker {worker} cannot import {missing.group(1)!r}: run the workers from "
+                "the project's image (docker/pipeline.Dockerfile) or install webpairs there"
             )
         if isinstance(view, BaseException):
             raise InputError(f"dask worker {worker} failed a check: {view!r}")
@@ -144,7 +152,7 @@ def dask_cluster(options: PipelineOptions, output: str):
         address = cluster.scheduler_address
     try:
         try:
-            client = Client(address, timeout=options.view_as(DaskOptions).timeout or 30)
+            client = Client(address)  # waits distributed.comm.timeouts.connect (30 s)
         except OSError as e:
             raise InputError(f"cannot reach the dask scheduler at {address}: {e}") from None
         with client:

@@ -36,6 +36,7 @@ them, and the crawl log tolerates a row logged twice.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import typing as t
@@ -64,6 +65,7 @@ V = t.TypeVar("V")
 
 BUNDLE_BYTES = 16 << 20  # Read: the source is split into bundles of about this size
 CREATE_PARTITIONS = 1024  # at most this many partitions for a Create's values
+INLINE_PAYLOAD = 64 << 10  # a pickled DoFn up to this size travels inside each of its tasks
 
 
 class UnsupportedOnDask(ValueError):
@@ -131,20 +133,26 @@ class _Graph(PipelineVisitor):
     of partition keys, each partition a task whose result is a list of elements.
 
     Built by hand (dask's legacy tuple tasks), not with dask.bag: every key is explicit, so
-    work shared by several consumers (a side input and a main input of the same collection)
-    is one task, whatever dask's graph optimizations would fuse, and building stays linear in
-    the number of transforms. Literals reach tasks pickled (bytes), never as bare tuples that
-    dask would read as tasks or keys."""
+    work shared by several consumers is one task, and building stays linear in the number of
+    transforms. Literals reach tasks pickled (bytes), never as bare tuples that dask would read
+    as tasks or keys.
 
-    def __init__(self, threads: int, reads: dict, shuffle_partitions: int):
+    Fusion, as Beam runners do it: a ParDo whose input is a single-output ParDo's output that
+    nothing else reads runs in the same task (a chain), and so does the map side of a
+    GroupByKey and the count of a sink; a chain ends at a multi-output ParDo (picks per tag),
+    a GroupByKey, a Flatten or a collection read twice."""
+
+    def __init__(self, threads: int, survey: _Survey, shuffle_partitions: int):
         self.threads = threads  # Reshuffle spreads a collection over at least this many
-        self.reads = reads  # Read node -> its source split into bundles
+        self.reads = survey.reads  # Read node -> its source split into bundles
+        self.uses = survey.uses  # PCollection -> transforms that read it (main or side input)
         self.shuffle_partitions = shuffle_partitions  # every GroupByKey's output
         self.job = uuid.uuid4().hex[:8]
         self.tasks: dict[tuple, tuple | bytes] = {}
         self.pcolls: dict[pvalue.PCollection, list[tuple]] = {}
+        self.chains: dict[pvalue.PCollection, list[tuple]] = {}  # open: more steps may join
+        self.sides: dict[pvalue.PCollection, tuple] = {}  # side input -> its gathered key
         self.consumed: set[pvalue.PCollection] = set()
-        self.metrics: list[tuple] = []  # one key per ParDo partition: its MetricUpdates
         self._names = itertools.count()
 
     def _name(self, node, what: str) -> str:
@@ -155,18 +163,34 @@ class _Graph(PipelineVisitor):
         self.tasks.update(zip(keys, tasks))
         return keys
 
+    def _fusable(self, pcoll) -> list[tuple] | None:
+        """The keys of `pcoll`'s chain when one more step may join it (only it reads pcoll)."""
+        if pcoll in self.chains and self.uses.get(pcoll, 0) == 1:
+            return self.chains.pop(pcoll)
+        return None
+
+    def _end_chain(self, keys: list[tuple], mode) -> None:
+        for k in keys:
+            run, inp, job, steps, _ = self.tasks[k]
+            self.tasks[k] = (run, inp, job, steps, mode)
+
     def sinks(self) -> list[tuple]:
-        """A count task per partition of every collection nobody reads: what the job computes."""
+        """The count of every collection nobody reads, per partition: what the job computes."""
         keys = []
         for pcoll, parts in self.pcolls.items():
-            if pcoll not in self.consumed:
+            if pcoll in self.consumed:
+                continue
+            if pcoll in self.chains:
+                self._end_chain(self.chains.pop(pcoll), tasks.COUNT)
+                keys += parts
+            else:
                 keys += self._add(f"count-{parts[0][0]}", [(tasks.count, k) for k in parts])
         return keys
 
-    def _inputs(self, node) -> list[list[tuple]]:
+    def _inputs(self, node) -> list[pvalue.PCollection]:
         pcolls = [p for p in node.inputs if isinstance(p, pvalue.PCollection)]
         self.consumed.update(pcolls)
-        return [self.pcolls[p] for p in pcolls]
+        return pcolls
 
     def visit_transform(self, node):
         if not all(out.is_bounded for out in node.outputs.values()):
@@ -185,11 +209,11 @@ class _Graph(PipelineVisitor):
                 [(tasks.read_bundles, pickler.dumps([b])) for b in self.reads[node]] or [[]],
             )
         elif isinstance(transform, _Reshuffle):
-            parts = self._spread(node, inputs[0])
+            parts = self._spread(node, self.pcolls[inputs[0]])
         elif isinstance(transform, _GroupByKey):
             parts = self._group(node, inputs[0])
         elif isinstance(transform, _Flatten):
-            parts = [k for keys in inputs for k in keys] or self._create(node, [])
+            parts = [k for p in inputs for k in self.pcolls[p]] or self._create(node, [])
         else:
             _refuse(node, f"the primitive transform {type(transform).__name__}")
         (out,) = node.outputs.values()
@@ -212,17 +236,30 @@ class _Graph(PipelineVisitor):
             self._name(node, "piece"), [(tasks.piece, c, i) for c in cut for i in range(per)]
         )
 
-    def _group(self, node, parts: list[tuple]) -> list[tuple]:
-        """A GroupByKey: each partition split by key hash, then bucket j of every split grouped."""
+    def _group(self, node, pcoll) -> list[tuple]:
+        """A GroupByKey: each partition split by key hash (in its chain's task when it has
+        one), then bucket j of every split grouped."""
         buckets = self.shuffle_partitions
-        splits = self._add(
-            self._name(node, "split"), [(tasks.hash_split, k, buckets) for k in parts]
-        )
+        splits = self._fusable(pcoll)
+        if splits is not None:
+            self._end_chain(splits, buckets)
+        else:
+            splits = self._add(
+                self._name(node, "split"),
+                [(tasks.hash_split, k, buckets) for k in self.pcolls[pcoll]],
+            )
         return self._add(
             self._name(node, "group"), [(tasks.group_bucket, j, splits) for j in range(buckets)]
         )
 
-    def _pardo(self, node, transform, parts: list[tuple]) -> None:
+    def _side(self, node, pcoll) -> tuple:
+        """A side input gathered whole, once, for every task that reads it."""
+        if pcoll not in self.sides:
+            gather = (tasks.concat, self.pcolls[pcoll])
+            (self.sides[pcoll],) = self._add(self._name(node, "side"), [gather])
+        return self.sides[pcoll]
+
+    def _pardo(self, node, transform, pcoll) -> None:
         for out in node.outputs.values():  # WindowInto is the ParDo that sets windows
             if not isinstance(out.windowing.windowfn, GlobalWindows):
                 _refuse(node, f"windowing ({type(out.windowing.windowfn).__name__})")
@@ -233,31 +270,37 @@ class _Graph(PipelineVisitor):
             _refuse(node, "a splittable DoFn")
         sides = list(node.side_inputs)
         self.consumed.update(si.pvalue for si in sides)
-        # each side input gathered once, whole, and handed to every task that reads it
-        whole = [
-            self._add(self._name(node, "side"), [(tasks.concat, self.pcolls[si.pvalue])])[0]
-            for si in sides
-        ]
-        step = (
+        spec = (
             transform.fn,
             transform.args,
             transform.kwargs,
             [(type(si), si._view_options()) for si in sides],
             beam.Windowing(GlobalWindows()),
         )
-        (payload,) = self._add(self._name(node, "dofn"), [pickler.dumps(step)])
-        label = node.full_label
-        bundles = self._add(
-            self._name(node, "pardo"),
-            [(tasks.run_bundle, k, self.job, payload, label, *whole) for k in parts],
-        )
+        payload = pickler.dumps(spec)
+        if len(payload) > INLINE_PAYLOAD:  # sent once to each worker, not inside every task
+            (payload,) = self._add(self._name(node, "dofn"), [payload])
+        step = [payload, node.full_label, [self._side(node, si.pvalue) for si in sides]]
+        multi = len(node.outputs) > 1
+        mode = tasks.TAGS if multi else tasks.MAIN
+        keys = self._fusable(pcoll)
+        if keys is not None:
+            for k in keys:
+                run, inp, job, steps, _ = self.tasks[k]
+                self.tasks[k] = (run, inp, job, [*steps, step], mode)
+        else:
+            keys = self._add(
+                self._name(node, "pardo"),
+                [(tasks.run_chain, k, self.job, [step], mode) for k in self.pcolls[pcoll]],
+            )
+        if not multi:
+            (out,) = node.outputs.values()
+            self.pcolls[out] = self.chains[out] = keys
+            return
         for tag, out in node.outputs.items():
             self.pcolls[out] = self._add(
-                self._name(node, f"out.{tag}"), [(tasks.output_of, b, _tag(tag)) for b in bundles]
+                self._name(node, f"out.{tag}"), [(tasks.output_of, k, _tag(tag)) for k in keys]
             )
-        self.metrics += self._add(
-            self._name(node, "metrics"), [(tasks.metrics_of, b) for b in bundles]
-        )
 
 
 def _tag(tag):
@@ -270,14 +313,21 @@ def create_partitions(n_values: int) -> int:
     return max(1, min(n_values, CREATE_PARTITIONS))
 
 
-class _Sources(PipelineVisitor):
-    """First pass: every Read split into bundles, and the largest source's partition count."""
+class _Survey(PipelineVisitor):
+    """First pass: every Read split into bundles, the largest source's partition count, and
+    how many transforms read each collection (what may be fused)."""
 
     def __init__(self):
         self.reads: dict = {}
         self.largest = 1
+        self.uses: collections.Counter = collections.Counter()
 
     def visit_transform(self, node):
+        for p in node.inputs:
+            if isinstance(p, pvalue.PCollection):
+                self.uses[p] += 1
+        for si in node.side_inputs:
+            self.uses[si.pvalue] += 1
         if isinstance(node.transform, _Read):
             bundles = list(node.transform.source.split(desired_bundle_size=BUNDLE_BYTES))
             self.reads[node] = bundles
@@ -292,10 +342,9 @@ def translate(pipeline: beam.Pipeline, threads: int, shuffle_partitions: int | N
     default as many as the largest source has and at least one per worker thread: the
     shuffles keep the sources' granularity and every thread busy."""
     pipeline.replace_all(overrides())
-    sources = _Sources()
-    pipeline.visit(sources)
-    partitions = shuffle_partitions or max(threads, sources.largest)
-    graph = _Graph(threads, sources.reads, partitions)
+    survey = _Survey()
+    pipeline.visit(survey)
+    graph = _Graph(threads, survey, shuffle_partitions or max(threads, survey.largest))
     pipeline.visit(graph)
     return graph
 
@@ -303,10 +352,9 @@ def translate(pipeline: beam.Pipeline, threads: int, shuffle_partitions: int | N
 class DaskJobResult(PipelineResult):
     """The running job: `wait_until_finish()` raises a task's error (with its stage's name)."""
 
-    def __init__(self, client, job: str, sinks: list, metrics: list):
+    def __init__(self, client, job: str, sinks: list):
         super().__init__(PipelineState.RUNNING)
-        self._client, self._job = client, job
-        self._sinks, self._metric_futures = sinks, metrics
+        self._client, self._job, self._sinks = client, job, sinks
         self._metrics = DirectMetrics()
 
     def wait_until_finish(self, duration=None):
@@ -316,11 +364,8 @@ class DaskJobResult(PipelineResult):
 
         try:
             if duration is not None:
-                wait(self._sinks + self._metric_futures, timeout=duration / 1000)
+                wait(self._sinks, timeout=duration / 1000)
             self._client.gather(self._sinks)
-            for i, updates in enumerate(self._client.gather(self._metric_futures)):
-                self._metrics.commit_physical(i, updates)
-                self._metrics.commit_logical(i, updates)
             self._state = PipelineState.DONE
         except BaseException:
             self._state = PipelineState.FAILED
@@ -331,14 +376,23 @@ class DaskJobResult(PipelineResult):
         return self._state
 
     def _close(self) -> None:
+        """The job's DoFns torn down on the workers, its counters collected (once per task
+        that dask kept: a task rerun elsewhere after its worker died counts once)."""
         try:
-            self._client.run(tasks.release, self._job)  # the job's DoFns torn down
+            by_worker = self._client.run(tasks.finish_job, self._job)
         except Exception as e:  # a worker gone: its DoFns went with it
-            logger.warning("tearing down the job's DoFns on the workers: %s", e)
+            logger.warning("collecting the job's counters from the workers: %s", e)
+            by_worker = {}
+        per_task: dict = {}
+        for reports in by_worker.values():
+            per_task.update(reports)
+        for i, updates in enumerate(u for task in per_task.values() for u in task):
+            self._metrics.commit_physical(i, updates)
+            self._metrics.commit_logical(i, updates)
         self._client.close()
 
     def cancel(self):
-        self._client.cancel(self._sinks + self._metric_futures)
+        self._client.cancel(self._sinks)
         self._close()
         self._state = PipelineState.CANCELLED
         return self._state
@@ -354,12 +408,13 @@ class DaskRunner(beam_dask.DaskRunner):
         from distributed import Client
 
         dask_options = options.view_as(beam_dask.DaskOptions)
-        client = Client(dask_options.address, timeout=dask_options.timeout or 30)
+        # (not DaskOptions.timeout: its option name is webpairs' --timeout, the download deadline)
+        client = Client(dask_options.address)
         try:
             threads = max(1, sum(client.nthreads().values()))
             graph = translate(pipeline, threads, dask_options.npartitions)
             sinks = graph.sinks()
-            futures = client.get(graph.tasks, sinks + graph.metrics, sync=False)
+            futures = client.get(graph.tasks, sinks, sync=False)
         except BaseException:
             client.close()
             raise
@@ -369,4 +424,4 @@ class DaskRunner(beam_dask.DaskRunner):
             len(graph.tasks),
             graph.shuffle_partitions,
         )
-        return DaskJobResult(client, graph.job, futures[: len(sinks)], futures[len(sinks) :])
+        return DaskJobResult(client, graph.job, futures)

@@ -2,7 +2,7 @@
 DoFn, the two halves of a GroupByKey shuffle, a Read bundle, and the small picks between.
 Plain functions over lists, importable without a cluster (dask_runner.py builds the graph).
 
-    run_bundle(["a", "b"], "job-id", pickler.dumps(step), "Stage")   # -> [{"outputs": {...}, "metrics": ...}]
+    run_chain(["a", "b"], "job-id", [[pickler.dumps(step), "Stage", []]], MAIN)  # -> outputs
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import threading
+import uuid
 
 from apache_beam.coders.coders import DeterministicFastPrimitivesCoder, FastPrimitivesCoder
 from apache_beam.internal import pickler
@@ -21,7 +22,12 @@ from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils.counters import CounterFactory
 
 _IDLE: dict[tuple[str, str], list] = {}  # (job, payload digest) -> set-up DoFns, idle
+_METRICS: dict[str, dict] = {}  # job -> {task key: [MetricUpdates of its steps]}
 _IDLE_LOCK = threading.Lock()
+
+# what a chain task returns: its last step's main output, each output by tag, the main
+# output's length (a sink), or (an int) the main output split into that many hash buckets
+MAIN, TAGS, COUNT = "main", "tags", "count"
 
 
 def _borrow(job: str, payload: bytes):
@@ -41,17 +47,19 @@ def _give_back(key: tuple[str, str], step) -> None:
         _IDLE.setdefault(key, []).append(step)
 
 
-def release(job: str) -> int:
-    """The job is over: its idle DoFns torn down and dropped. -> how many."""
+def finish_job(job: str) -> dict:
+    """The job is over: its idle DoFns torn down and dropped; -> {task key: [MetricUpdates]}
+    of the tasks this process ran for it."""
     with _IDLE_LOCK:
         keys = [k for k in _IDLE if k[0] == job]
         steps = [step for k in keys for step in _IDLE.pop(k)]
+        metrics = _METRICS.pop(job, {})
     for step in steps:
         try:
             step[0].teardown()
         except Exception:  # teardown is best-effort, as on every Beam runner
             pass
-    return len(steps)
+    return metrics
 
 
 class _ListReceiver(Receiver):
@@ -75,13 +83,11 @@ def _side_map(spec, values: list) -> SideInputMap:
     return SideInputMap(view_class, view_options, [GlobalWindows.windowed_value(v) for v in values])
 
 
-def run_bundle(
-    elements: list, job: str, payload: bytes, label: str, *side_values: list
-) -> list[dict]:
+def run_bundle(elements: list, job: str, payload: bytes, label: str, side_values: list):
     """One partition through one ParDo, as a bundle: start, process each, finish (what
     finish_bundle emits included). `payload`: the pickled (DoFn, args, kwargs, side input
     specs, windowing); `side_values`: each side input's elements, whole.
-    -> [{"outputs": {tag: [values]}, "metrics": the bundle's MetricUpdates}]"""
+    -> ({tag: [values]}, the bundle's MetricUpdates)"""
     pool_key, step, fresh = _borrow(job, payload)
     fn, args, kwargs, side_specs, windowing = step
     receivers = _Receivers()
@@ -116,16 +122,42 @@ def run_bundle(
     finally:
         statesampler.set_current_tracker(None)
     _give_back(pool_key, step)
-    outputs = {tag: r.values for tag, r in receivers.items()}
-    return [{"outputs": outputs, "metrics": container.get_cumulative()}]
+    return {tag: r.values for tag, r in receivers.items()}, container.get_cumulative()
 
 
-def output_of(bundle: list[dict], tag) -> list:
-    return bundle[0]["outputs"].get(tag, [])
+def _task_key() -> str:
+    try:
+        from distributed import get_worker
+
+        return str(get_worker().get_current_task())
+    except (ImportError, ValueError):  # not on a dask worker: each call its own task
+        return uuid.uuid4().hex
 
 
-def metrics_of(bundle: list[dict]):
-    return bundle[0]["metrics"]
+def run_chain(elements: list, job: str, steps: list, mode):
+    """A partition through fused ParDos, each step [payload, label, side values], each
+    reading the previous one's main output. The counters of every step are kept in this
+    process under the task's key (finish_job hands them over), so a task that dask runs again
+    after losing its worker counts once. -> what `mode` says (MAIN, TAGS, COUNT, buckets)."""
+    updates = []
+    outputs: dict = {None: elements}
+    for payload, label, side_values in steps:
+        outputs, metrics = run_bundle(outputs.get(None, []), job, payload, label, side_values)
+        updates.append(metrics)
+    with _IDLE_LOCK:
+        _METRICS.setdefault(job, {})[_task_key()] = updates
+    main = outputs.get(None, [])
+    if mode == MAIN:
+        return main
+    if mode == TAGS:
+        return outputs
+    if mode == COUNT:
+        return len(main)
+    return hash_split(main, mode)
+
+
+def output_of(outputs: dict, tag) -> list:
+    return outputs.get(tag, [])
 
 
 _KEY_CODER = DeterministicFastPrimitivesCoder(FastPrimitivesCoder(), "GroupByKey")
