@@ -13,6 +13,8 @@ img2dataset pins old dependencies, so it runs from its own virtualenv:
     python3 -m venv /tmp/img2dataset-venv && /tmp/img2dataset-venv/bin/pip install img2dataset
 
 On a machine that other sessions share, add `--nice -10` (as root) and `--repeat 3`.
+`--modes in_memory,multi_processing,dask` adds webpairs on the Dask runner: a local
+dask.distributed cluster of --workers processes, started by (and counted in) the job.
 
 With `--hostile-fraction 0.1`, every webpairs configuration also runs on a list in which 10 %
 of the URLs point at bench/hostile_server.py (trickles, endless bodies, bombs, redirect loops,
@@ -538,6 +540,9 @@ def webpairs_job(
     if mode == "multi_processing":
         cmd += ["--direct_running_mode=multi_processing", f"--direct_num_workers={workers}"]
         label = f"{mode} x{workers} t={threads}"
+    elif mode == "dask":  # a LocalCluster of `workers` processes, started for (and in) the job
+        cmd += ["--runner", "dask", "--dask-workers", str(workers)]
+        label = f"{mode} x{workers} t={threads}"
     cmd += extra_args
     label += f" {shlex.join(extra_args)}" if extra_args else ""
     # PYTHONFAULTHANDLER: SIGABRT dumps every thread's stack into the log (see measure)
@@ -850,7 +855,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--modes",
         type=_str_list,
         default=["in_memory", "multi_processing"],
-        help="webpairs DirectRunner modes, comma-separated",
+        help="webpairs modes, comma-separated: DirectRunner's in_memory and multi_processing, "
+        "dask (a local dask.distributed cluster of --workers processes)",
     )
     parser.add_argument(
         "--threads", type=_int_list, default=[64], help="webpairs --threads values, e.g. 16,64"
@@ -930,7 +936,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown_kinds = set(args.hostile_kinds) - set(KINDS)
     if unknown_kinds or not args.hostile_kinds:
         parser.error(f"--hostile-kinds: unknown kind {', '.join(sorted(unknown_kinds))}")
-    unknown = set(args.modes) - {"in_memory", "multi_processing"}
+    unknown = set(args.modes) - {"in_memory", "multi_processing", "dask"}
     if unknown:
         parser.error(f"--modes: unknown mode {', '.join(sorted(unknown))}")
     return args
