@@ -12,17 +12,20 @@ last batch, file writers), leaves `Read` (ReadFromParquet, ReadFromText) untrans
 `setup` per partition and returns no counters. This subclass keeps its options
 (`--dask_client_address`, `--dask_npartitions`) and replaces the translation:
 
-- one dask graph for the whole job: every sink is computed, shared upstream work once;
-- a ParDo partition runs its DoFn as Beam's DoFnRunner (start, process, finish bundle, side
-  inputs, tagged outputs kept apart); DoFn instances are set up once per worker process and
-  reused, like a Beam worker does;
-- GroupByKey is a task-based hash shuffle on dask's deterministic `tokenize` of the key, into
-  at least as many partitions as the cluster has worker threads; CombinePerKey is lifted
-  (partial combine per partition, then the shuffle), so CombineGlobally does not gather all rows;
-- Read splits its source on the driver (64 MiB bundles) and reads each bundle in a task;
+- one dask task graph for the whole job, built by hand: every sink is computed, work that
+  several consumers share runs once;
+- a partition goes through a ParDo as a bundle, with Beam's DoFnRunner (start, process, finish
+  bundle, side inputs, tagged outputs kept apart); DoFn instances are set up once per worker
+  process and job and reused, as a Beam worker does; ParDos that only feed each other run in
+  one task (fusion);
+- GroupByKey is a hash shuffle on the key's deterministic Beam encoding (Python's `hash` of a
+  str differs between processes) into as many partitions as the largest source has, and at
+  least one per worker thread; CombinePerKey is lifted (a partial combine per partition, then
+  the shuffle), so CombineGlobally does not gather every row in one place;
+- Read splits its source on the launcher (16 MiB bundles), a task reads each bundle;
   Reshuffle spreads a collection over the cluster's threads;
-- side inputs are computed once and sent to the tasks that read them;
-- counters come back (a partition's are kept only from the attempt dask keeps), `metrics()`.
+- a side input is gathered once and sent to the tasks that read it;
+- counters come back (`metrics()`), once per task that dask kept.
 
 Not supported, refused before anything runs with the stage's name: stateful DoFns and timers,
 splittable DoFns, windowing other than the global window, unbounded collections, and any other
