@@ -133,22 +133,28 @@ def check_workers(client, output: str) -> None:
 def dask_cluster(options: PipelineOptions, output: str):
     """The job's cluster, checked; `--dask_client_address` set for the runner. A local cluster
     started here is closed on the way out."""
+    import dask
     from apache_beam.runners.dask.dask_runner import DaskOptions
     from distributed import Client, LocalCluster
 
+    # the scheduler's and nannies' INFO lines (importing distributed sets INFO) would drown
+    # the job's; its warnings and errors still show
+    logging.getLogger("distributed").setLevel(logging.WARNING)
     opts = options.view_as(DaskClusterOptions)
     address = opts.dask_address or options.view_as(DaskOptions).address
     cluster = None
     if address is None:
         workers = opts.dask_workers or os.cpu_count() or 1
         logger.info("starting a local dask cluster of %d worker processes", workers)
-        cluster = LocalCluster(
-            n_workers=workers,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            silence_logs=logging.WARNING,
-        )
+        quiet = {"distributed.nanny.pre-spawn-environ.DASK_LOGGING__DISTRIBUTED": "warning"}
+        with dask.config.set(quiet):  # the workers' INFO lines would drown the job's
+            cluster = LocalCluster(
+                n_workers=workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                silence_logs=logging.WARNING,
+            )
         address = cluster.scheduler_address
     try:
         try:

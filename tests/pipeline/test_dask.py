@@ -39,7 +39,7 @@ distributed = pytest.importorskip("distributed", reason="the dask extra: pip ins
 from apache_beam.runners.dask.dask_runner import DaskOptions  # noqa: E402
 
 from pipeline.runners.cluster import DASK_RUNNER  # noqa: E402
-from pipeline.runners.dask_runner import UnsupportedOnDask  # noqa: E402
+from pipeline.runners.dask_graph import UnsupportedOnDask  # noqa: E402
 
 pytestmark = pytest.mark.slow  # a cluster start and whole jobs: 10-60 s on the shared two cores
 
