@@ -51,6 +51,13 @@ class DaskClusterOptions(PipelineOptions):
         )
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (a container's or taskset's share, not the host's)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def uses_dask(options: PipelineOptions) -> bool:
     return options.view_as(StandardOptions).runner == DASK_RUNNER
 
@@ -144,7 +151,7 @@ def dask_cluster(options: PipelineOptions, output: str):
     address = opts.dask_address or options.view_as(DaskOptions).address
     cluster = None
     if address is None:
-        workers = opts.dask_workers or os.cpu_count() or 1
+        workers = opts.dask_workers or usable_cores()
         logger.info("starting a local dask cluster of %d worker processes", workers)
         quiet = {"distributed.nanny.pre-spawn-environ.DASK_LOGGING__DISTRIBUTED": "warning"}
         with dask.config.set(quiet):  # the workers' INFO lines would drown the job's
