@@ -126,7 +126,7 @@ def digits(tmp_path_factory):
     out = tmp / "out"
     args = ["--input", str(digit_tars(tmp / "tars", 30, per_shard=10)), "--output", str(out)]
     args += ["--input-format", "webdataset", "--recipe", "none", "--image-size", "32"]
-    assert curate(args + ["--output-format", "png", "--samples-per-shard", "10"]) == 0
+    assert curate(args + ["--encode-format", "png", "--samples-per-shard", "10"]) == 0
     return out, tiny_checkpoint(tmp / "run")
 
 
