@@ -18,7 +18,7 @@ import time
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.accounting.report import CounterCombineFn, Distributions
+from pipeline.accounting.distributions import CounterCombineFn, Distributions
 from pipeline.crawl.urls import domain_of
 from pipeline.io.layout import STATS_NAME, join_path
 from schemas import Stats, Status

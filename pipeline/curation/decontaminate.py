@@ -169,11 +169,22 @@ def _hash_tar(name: str, data: bytes) -> tuple[list[dict], list[dict]]:
     return items, bad
 
 
+def _file_name(path: str, root: str) -> str:
+    """How item ids name an evaluation file: its path under the source folder, or (a tar, a
+    file matched by a glob) its base name; a tar's items are `NAME:KEY`."""
+    relative = path[len(root) :].lstrip("/") if root and path.startswith(root) else ""
+    return relative if relative and not path.endswith(".tar") else path.rsplit("/", 1)[-1]
+
+
+def source_root(source: str) -> str:
+    """The folder item ids are relative to (none for a tar)."""
+    return "" if source.endswith(".tar") else source.rstrip("/")
+
+
 def hash_eval_file(path: str, root: str) -> tuple[list[dict], list[dict]]:
     """One evaluation file -> (its items, what of it could not be read): an image, every image
     in a tar, or the lines of a hash list."""
-    relative = path[len(root) :].lstrip("/") if root and path.startswith(root) else ""
-    name = relative if relative and not path.endswith(".tar") else path.rsplit("/", 1)[-1]
+    name = _file_name(path, root)
     try:
         with FileSystems.open(path) as f:
             data = f.read()
@@ -187,6 +198,25 @@ def hash_eval_file(path: str, root: str) -> tuple[list[dict], list[dict]]:
         return [eval_item(name, data)], []
     except DECODE_ERRORS as e:
         return [], [unreadable(name, e)]
+
+
+def eval_image(source: str, item_id: str) -> bytes | None:
+    """The bytes of the evaluation image an item id names (as `hash_eval_file` named it), for
+    showing a match; None for an item of a hash list, or one no longer there."""
+    root = source_root(source)
+    files = {_file_name(p, root): p for p in list_sources(source)}
+    tar_name, _, key = item_id.rpartition(":")
+    path = files.get(item_id)
+    if path is not None and not path.endswith((".txt", ".csv", ".tar")):
+        with FileSystems.open(path) as f:
+            return f.read()
+    if tar_name.endswith(".tar") and tar_name in files:
+        with FileSystems.open(files[tar_name]) as f, tarfile.open(fileobj=f, mode="r|*") as tar:
+            for member in tar:
+                name = member.name
+                if member.isfile() and _is_image_name(name) and split_member_name(name)[0] == key:
+                    return tar.extractfile(member).read()
+    return None
 
 
 def unreadable_error(
@@ -352,8 +382,7 @@ class Decontaminate(beam.PTransform):
             )
         self.cfg, self.output = cfg, output
         self.files = list_sources(cfg.source)
-        root = cfg.source if not cfg.source.endswith(".tar") else ""
-        self.root = root.rstrip("/")
+        self.root = source_root(cfg.source)
 
     def expand(self, light):
         hashed = (

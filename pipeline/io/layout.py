@@ -13,6 +13,10 @@ MANIFEST_NAME = "manifest.json"
 SIZES_NAME = "sizes.json"  # beside the tars: {"00000.tar": samples}, as OpenCLIP counts shards
 STATS_NAME = "stats.json"
 REPORT_NAME = "report.html"
+REPORT_DIR = (
+    "report"  # beside report.html: the audit gallery's thumbnails (report/thumbs/, report/eval/)
+)
+GALLERY_NAME = f"{REPORT_DIR}/gallery.json"  # the gallery's sampled rows, which report.html shows
 REJECTS_DIR = "rejects"  # rejects/*.parquet: every row not written, with its reason
 FOUND_NAME = "decontamination.json"
 STAGING_DIR = "_staging"  # the crawl log of --resume
@@ -23,6 +27,7 @@ OUTPUT_NAMES = (
     STATS_NAME,
     MANIFEST_NAME,
     REPORT_NAME,
+    REPORT_DIR,
     FOUND_NAME,
     STAGING_DIR,
 )

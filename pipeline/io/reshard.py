@@ -143,6 +143,43 @@ class _ReadImagesFn(beam.DoFn):
             yield {**row, "_image": b"", "_ext": "jpg"}
 
 
+class _ReadSampledFn(beam.DoFn):
+    """(source shard, a few of its rows) -> those rows with their image bytes; the tar is read
+    only as far as the last of them."""
+
+    def __init__(self, tars: dict[str, str]):
+        self.tars = tars
+
+    def process(self, element):
+        name, rows = element
+        wanted = {r["key"]: r for r in rows}
+        for sample in group_samples(shard_members(self.tars[name])):
+            row = wanted.pop(sample["__key__"].rsplit("/", 1)[-1], None)
+            ext = image_extension(sample)
+            if row is not None and ext is not None:
+                yield {**row, "_image": sample[ext], "_ext": ext}
+            if not wanted:
+                return
+        yield from wanted.values()  # not in the tar: shown without an image
+
+
+class ReadSampleImages(beam.PTransform):
+    """A few rows of `source` (the audit gallery's sample) -> the same rows with their image
+    bytes: only the source tars holding one are read."""
+
+    def __init__(self, source: Source):
+        super().__init__()
+        self.tars = {s.name: s.tar for s in source.shards}
+
+    def expand(self, rows):
+        return (
+            rows
+            | "BySourceShard" >> beam.Map(lambda r: (r["shard"], r))
+            | "GroupBySourceShard" >> beam.GroupByKey()
+            | "ReadImages" >> beam.ParDo(_ReadSampledFn(self.tars))
+        )
+
+
 class ReadSource(beam.PTransform):
     """-> the source's result rows (`shard` = their source shard); with `images`, each also
     carries its image bytes (`_image`, `_ext`), for scoring."""

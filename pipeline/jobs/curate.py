@@ -39,6 +39,7 @@ from pipeline.jobs.shell import (
     clear,
     existing_outputs,
     finish,
+    gallery_config,
     job_main,
     job_options,
     run_pipeline,
@@ -107,7 +108,8 @@ def _split_ok(row):
 
 def curate_and_write(images, cfg: CurateConfig, scorer: ScorerIdentity | None = None) -> dict:
     """Decoded rows -> [scoring] -> curation stages -> shards.
-    -> {"rows": written, "removed", "shards", "not_ok"}."""
+    -> {"rows": written, "removed", "shards", "not_ok", and for the audit gallery: "decisions"
+    (curation's), "survivors" (their light rows), "images" (the ok rows with their bytes)}."""
     split = images | "SplitOk" >> beam.ParDo(_split_ok).with_outputs("not_ok", main="ok")
     ok, not_ok = split.ok, split.not_ok
     recipe = cfg.recipe
@@ -127,7 +129,13 @@ def curate_and_write(images, cfg: CurateConfig, scorer: ScorerIdentity | None = 
         "survivors": curated["kept"],
         "removed": curated["removed"],
     } | "WriteShards" >> WriteShards(shards_cfg)
-    return {**written, "not_ok": not_ok}
+    return {
+        **written,
+        "not_ok": not_ok,
+        "decisions": curated["removed"],
+        "survivors": curated["kept"],
+        "images": ok,
+    }
 
 
 def build(
@@ -137,12 +145,12 @@ def build(
     model of the recipe's `score` section (score.check_scoring)."""
     source = read_and_fetch(p, cfg)
     written = curate_and_write(source["images"], cfg, scorer)
-    rejects = (
+    uncurated = (  # rows not written that never reached curation (no image)
         written["not_ok"],
-        written["removed"],
         source["url_duplicates"],
         source["invalid"],
-    ) | "AllRejects" >> beam.Flatten()
+    ) | "Uncurated" >> beam.Flatten()
+    rejects = (uncurated, written["removed"]) | "AllRejects" >> beam.Flatten()
     results = (
         (written["rows"], rejects)
         | "AllResults" >> beam.Flatten()
@@ -158,6 +166,13 @@ def build(
         options_record=options_record,
         source=cfg.incremental or cfg.retry_failed,  # this output extends that one
         scorer=scorer.to_dict() if scorer else None,
+        gallery=gallery_config(cfg.output, cfg.recipe),
+        gallery_rows={
+            "rejected": uncurated,
+            "removed": written["decisions"],
+            "kept": written["survivors"],
+            "images": written["images"],  # the sampled rows' thumbnails, from the bytes here
+        },
         warnings=source["warnings"],
     )
 

@@ -29,13 +29,14 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipeline.curation.captions import AnnotateCaptions, CaptionConfig
 from pipeline.curation.recipe import ApplyStages, Recipe, load_recipe, with_overrides
 from pipeline.curation.rules import Rule, Where, check_rules, parse_rule
-from pipeline.io.reshard import ReadSource, Reshard, Source, open_source
+from pipeline.io.reshard import ReadSampleImages, ReadSource, Reshard, Source, open_source
 from pipeline.io.shards import ShardConfig, public_row
 from pipeline.io.url_lists import InputError
 from pipeline.jobs import shell
 from pipeline.jobs.options import CurateOptions
 from pipeline.jobs.shell import (
     finish,
+    gallery_config,
     job_main,
     job_options,
     run_pipeline,
@@ -137,6 +138,17 @@ def build(
         options_record=options_record,
         source=source.path,
         scorer=scorer.to_dict() if scorer is not None else source.manifest.scorer,
+        gallery=gallery_config(cfg.output, cfg.recipe),
+        gallery_rows={
+            "rejected": p | "NothingUncurated" >> beam.Create([]),
+            "removed": decisions,
+            "kept": light,
+            # light rows, each naming its source shard, whose tar gives the sampled rows' bytes;
+            # taken after the selection, not from `rows`: on the FnApiRunner a stage reading `rows`
+            # and waiting on the sample (made from the selection of `rows`) never runs
+            "images": (light, rejects) | "GalleryRows" >> beam.Flatten(),
+        },
+        fetch_images=ReadSampleImages(source),
     )
 
 

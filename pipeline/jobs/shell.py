@@ -22,6 +22,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.runners.runner import PipelineResult
 
+from pipeline.accounting.gallery import Gallery, GalleryConfig
 from pipeline.accounting.report import write_report
 from pipeline.accounting.stats import WriteStats
 from pipeline.curation.decontaminate import refusal
@@ -132,6 +133,13 @@ def clear(paths: list[str]) -> None:
         FileSystems.delete(paths)
 
 
+def gallery_config(output: str, recipe) -> GalleryConfig:
+    """The audit gallery of a job running `recipe`: it shows decontamination's matches from
+    the recipe's evaluation set."""
+    source = recipe.decontaminate.source if "decontaminate" in recipe.stages else None
+    return GalleryConfig(output, eval_source=source)
+
+
 def write_tail(
     output: str,
     *,
@@ -143,10 +151,15 @@ def write_tail(
     options_record: dict,
     source: str | None,
     scorer: dict | None,
+    gallery: GalleryConfig,
+    gallery_rows: dict,
+    fetch_images: beam.PTransform | None = None,
     warnings=None,
 ) -> None:
     """What every job writes beside its shards: rejects/*.parquet (every row not written, with
-    its reason), manifest.json (naming the source and scorer) and stats.json (the funnel)."""
+    its reason), manifest.json (naming the source and scorer), stats.json (the funnel) and the
+    audit gallery (OUTPUT/report/): `gallery_rows` are Gallery's inputs ("rejected",
+    "removed", "kept", "images"; `fetch_images` reads the bytes when "images" has none)."""
     _ = rejects | "WriteRejects" >> beam.io.WriteToParquet(
         join_path(output, REJECTS_DIR, "rejects"),
         parquet_schema(extra_fields),
@@ -164,6 +177,7 @@ def write_tail(
     if warnings is not None:  # counted, outside the accounting identity (a bad KEY.json)
         stats_inputs["warnings"] = warnings
     _ = stats_inputs | "WriteStats" >> WriteStats(output)
+    _ = gallery_rows | "Gallery" >> Gallery(gallery, fetch_images)
 
 
 def run_pipeline(p: beam.Pipeline, output: str) -> PipelineResult:

@@ -75,6 +75,19 @@ def exact_threshold(
     return top_fraction_threshold(quantiles, count, fraction)
 
 
+_SCORED = "clip_score "
+
+
+def detail_score(detail: str | None) -> float | None:
+    """The score a `low_clip_score` removal's detail records (as `keep_by_score` words it)."""
+    if not detail or not detail.startswith(_SCORED):
+        return None
+    try:
+        return float(detail[len(_SCORED) :].split(" ", 1)[0])
+    except ValueError:
+        return None
+
+
 def keep_by_score(
     row: dict, cfg: ClipScoreConfig, threshold: float | None = None
 ) -> tuple[bool, str | None, str | None]:
@@ -83,12 +96,12 @@ def keep_by_score(
     if score is None:
         return False, Reason.UNSCORED, "no clip_score (the model could not read the image)"
     if cfg.min_score is not None and score < cfg.min_score:
-        return False, Reason.LOW_CLIP_SCORE, f"clip_score {score:.4f} < {cfg.min_score}"
+        return False, Reason.LOW_CLIP_SCORE, f"{_SCORED}{score:.4f} < {cfg.min_score}"
     if threshold is not None and score < threshold:
         return (
             False,
             Reason.LOW_CLIP_SCORE,
-            f"clip_score {score:.4f} below the top {cfg.top_fraction:.2%} ({threshold:.4f})",
+            f"{_SCORED}{score:.4f} below the top {cfg.top_fraction:.2%} ({threshold:.4f})",
         )
     return True, None, None
 

@@ -11,7 +11,12 @@ from pathlib import Path
 import pytest
 import webdataset as wds
 
-from pipeline.curation.decontaminate import eval_item, hash_eval_file, parse_hash_line
+from pipeline.curation.decontaminate import (
+    eval_image,
+    eval_item,
+    hash_eval_file,
+    parse_hash_line,
+)
 from pipeline.curation.recipe import recipe_from_dict
 from pipeline.jobs.curate import main
 from schemas import Stats
@@ -126,6 +131,28 @@ def test_damaged_evaluation_tar_is_named_with_its_unread_rest(photos, tmp_path):
             ("cut.tar:b", None),
             ("cut.tar", True),
         ], cut
+
+
+def test_an_item_id_reads_back_its_evaluation_image(photos, tmp_path):
+    """What the audit gallery shows beside a contaminated sample: the image the id names, from
+    a folder, a tar or a glob of tars; nothing for a hash list's item."""
+    coffee, rocket = _eval_png(photos, "coffee"), _eval_png(photos, "rocket")
+    (tmp_path / "folder" / "cups").mkdir(parents=True)
+    (tmp_path / "folder" / "cups" / "coffee.png").write_bytes(coffee)
+    with wds.TarWriter(str(tmp_path / "eval-0.tar")) as sink:
+        sink.write({"__key__": "a", "png": coffee})
+        sink.write({"__key__": "b", "png": rocket})
+    (tmp_path / "hashes.txt").write_text("x,0123456789abcdef\n")
+    items, _ = hash_eval_file(str(tmp_path / "eval-0.tar"), "")
+    assert [it["id"] for it in items] == ["eval-0.tar:a", "eval-0.tar:b"]  # the ids matched
+    for source, item_id, expected in (
+        (tmp_path / "folder", "cups/coffee.png", coffee),
+        (tmp_path / "eval-0.tar", "eval-0.tar:b", rocket),
+        (f"{tmp_path}/eval-*.tar", "eval-0.tar:a", coffee),
+        (tmp_path / "hashes.txt", "x", None),
+        (tmp_path / "folder", "cups/gone.png", None),
+    ):
+        assert eval_image(str(source), item_id) == expected, (source, item_id)
 
 
 @pytest.mark.parametrize("share", [-0.1, 1.5, "1%", True])
