@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from pipeline.curation.rules import parse_rule, rule_holds
 from pipeline.io.reshard import shuffle_order
@@ -84,6 +85,25 @@ def test_scoring_inside_select_keeps_exactly_the_top_30_percent(top30, source):
     manifest = Manifest.from_json((top30 / "manifest.json").read_text())
     assert manifest.source == str(source) and manifest.scorer["model"] == "tiny"
     assert manifest.total_samples == 12
+
+
+def test_the_gallery_shows_the_cut_from_both_sides_with_images_from_the_source_tars(top30):
+    gallery = json.loads((top30 / "report" / "gallery.json").read_text())
+    sections = {s["section"]: s["items"] for s in gallery["sections"]}
+    assert set(sections) == {
+        "filtered:low_clip_score",
+        "clip_score:kept_lowest",
+        "clip_score:kept_highest",
+        "clip_score:dropped_lowest",
+        "clip_score:dropped_highest",
+    }
+    kept, dropped = sections["clip_score:kept_lowest"], sections["clip_score:dropped_highest"]
+    assert dropped[0]["clip_score"] < kept[0]["clip_score"]  # the two sides of the cut
+    assert len(sections["filtered:low_clip_score"]) == 8  # of 28, the sample's bound
+    for items in sections.values():
+        for item in items:  # each read from the source's tars, though select copies only the kept
+            with Image.open(top30 / item["thumb"]) as im:
+                assert im.size == (32, 32)
 
 
 def test_shards_are_balanced_and_shuffled_by_the_seed(top30):
