@@ -236,8 +236,13 @@ def main(argv: list[str] | None = None, prog: str = "webpairs demo") -> int:
         return 1
     baseline = pixel_baseline(cfg)
     top1 = zeroshot["results"]["top-1"]
-    curve_png(cfg.output / "run" / "metrics.jsonl", cfg.output / "training_curve.png")
-    confusion_png(zeroshot["confusion"], zeroshot["classnames"], cfg.output / "confusion.png")
+    digits = "validation digits" if cfg.validation else "held-out digits"
+    curve_png(
+        cfg.output / "run" / "metrics.jsonl", cfg.output / "training_curve.png", baseline, digits
+    )
+    confusion_png(
+        zeroshot["confusion"], zeroshot["classnames"], cfg.output / "confusion.png", digits
+    )
     found = json.loads((cfg.output / "dataset" / "decontamination.json").read_text())
     seconds = time.monotonic() - start
     summary_html(cfg.output, top1, baseline, noise, found, seconds)
