@@ -195,6 +195,7 @@ def eval_thumbnails(sections: list, cfg: GalleryConfig):
 
 
 def _distances(row: dict, other: dict) -> dict:
+    """{"phash": bits, "dhash": bits} between two rows' hashes (those both have)."""
     return {h: hamming(row[h], other[h]) for h in ("phash", "dhash") if row.get(h) and other.get(h)}
 
 

@@ -113,7 +113,8 @@ def _figure(item: dict) -> str:
         images.append(_img(survivor, "survivor", "the survivor it duplicates"))
         lines.append(f"survivor: {_caption(survivor)}")
         if item.get("distances"):
-            d = ", ".join(f"{h} {n} bits" for h, n in sorted(item["distances"].items()))
+            bits = item["distances"]
+            d = ", ".join(f"{h} {bits[h]} bits" for h in ("phash", "dhash") if h in bits)
             lines.append(f"<b>hash distance: {_esc(d)}</b>")
     if found:  # the detail names the item and how it matched
         images.append(_img(found, "evaluation image", "the evaluation image it matched"))
@@ -160,8 +161,9 @@ def gallery_html(gallery: dict, stats: Stats) -> str:
         '<section id="gallery"><h2>Audit gallery</h2>',
         f"<p>What curation removed, to check by eye: up to {gallery['per_reason']} rows per "
         f"removal reason, a sample seeded by {gallery['seed']} (the same rows on every run). "
-        "A duplicate stands beside the survivor it duplicates, a contaminated sample beside the "
-        "evaluation image it matched. Thumbnails are in "
+        "A duplicate stands beside the sample that survived in the end (a chain of duplicates "
+        "followed to it), with the hash distances between the two; a contaminated sample beside "
+        "the evaluation image it matched. Thumbnails are in "
         f"<code>{REPORT_DIR}/</code> beside this page.</p>",
     ]
     sections = sorted(gallery.get("sections", []), key=place)
