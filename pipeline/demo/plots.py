@@ -51,13 +51,13 @@ def curve_png(
     """Training loss and zero-shot top-1 against step (top), the learning rate under it
     (bottom); `baseline`: a top-1 to compare with, drawn dashed."""
     series = training_series(metrics_jsonl)
-    fig = _figure(9, 6)
+    fig = _figure(9, 6.4)
     loss_ax, lr_ax = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1.2))
     fig.suptitle("Training the demo's CLIP", fontsize=_FONT + 3)
     if series["loss"]:
         steps, values = zip(*series["loss"])
         loss_ax.plot(steps, values, color=_BLUE, linewidth=1.6, marker="o", markersize=2.5,
-                     label="contrastive loss (left)")  # fmt: skip
+                     label="contrastive loss (left axis)")  # fmt: skip
     loss_ax.set_ylabel("contrastive loss", fontsize=_FONT, color=_BLUE)
     loss_ax.set_ylim(bottom=0)
     _style(loss_ax)
@@ -68,7 +68,7 @@ def curve_png(
     if series["top1"]:
         steps, values = zip(*series["top1"])
         top1_ax.plot(steps, values, color=_ORANGE, linewidth=2, marker="o", markersize=5,
-                     label="zero-shot top-1 (right)")  # fmt: skip
+                     label="zero-shot top-1 (right axis)")  # fmt: skip
         top1_ax.annotate(f"{values[-1]:.3f}", (steps[-1], values[-1]), xytext=(-4, -16),
                          textcoords="offset points", ha="right", color=_ORANGE,
                          fontsize=_FONT)  # fmt: skip
@@ -76,8 +76,9 @@ def curve_png(
         top1_ax.axhline(baseline, color=_GREY, linestyle="--", linewidth=1.2,
                         label=f"logistic regression on raw pixels ({baseline:.3f})")  # fmt: skip
     handles = [h for ax in (loss_ax, top1_ax) for h in ax.get_legend_handles_labels()[0]]
-    if handles:
-        loss_ax.legend(handles=handles, loc="center right", fontsize=_FONT - 1, framealpha=0.9)
+    if handles:  # under the axes: the curves keep all of their area
+        fig.legend(handles=handles, loc="outside lower center", ncols=3, fontsize=_FONT - 1,
+                   frameon=False)  # fmt: skip
     if series["lr"]:
         steps, values = zip(*series["lr"])
         lr_ax.plot(steps, values, color=_GREEN, linewidth=1.6)
@@ -130,7 +131,8 @@ def summary_html(
         for reason, n in sorted(stats.get(status, {}).items())
     )
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>webpairs demo</title>
-<style>body{{font-family:sans-serif;max-width:820px;margin:2em auto}}td{{padding:2px 10px}}</style></head><body>
+<style>body{{font-family:sans-serif;max-width:820px;margin:2em auto}}td{{padding:2px 10px}}
+img{{max-width:100%;height:auto}}</style></head><body>
 <h1>webpairs demo</h1>
 <p><b>Zero-shot top-1 on the held-out digits: {top1:.3f}</b>; a supervised logistic regression on the same
 raw pixels scores {baseline:.3f}. The held-out digits were never in the training shards: the
@@ -140,7 +142,9 @@ digits within the perceptual-hash threshold match too, which costs a few trainin
 <p>{stats["input"]} web pairs in, {stats["written"]} written in {stats["shards"]} shards. Planted noise: {html.escape(json.dumps(noise))}.
 The whole demo took {seconds / 60:.1f} minutes.</p>
 <h2>Funnel</h2><table><tr><th>status</th><th>reason</th><th>rows</th></tr>{funnel}</table>
-<p><a href="dataset/report.html">Full curation report</a> &middot; <a href="dataset/manifest.json">manifest</a>
+<p><a href="dataset/report.html">The curation report</a> (the funnel, the distributions, and an
+audit gallery of what curation removed: near duplicates beside their survivors, leaked digits beside
+the held-out digits they copy) &middot; <a href="dataset/manifest.json">manifest</a>
 &middot; <a href="dataset/decontamination.json">decontamination</a> &middot; <a href="zeroshot.json">zero-shot results</a>
 &middot; <a href="demo.json">the figures and settings</a></p>
 <h2>Training</h2><img src="training_curve.png" alt="training curve">

@@ -47,6 +47,21 @@ def test_demo_end_to_end_matches_the_logistic_regression(tmp_path, capsys):
     assert (
         leaked > 0 and found["samples_removed"] >= leaked
     )  # every leaked held-out digit was removed
+    # the report's gallery: near-duplicate copies beside their survivors, leaked digits beside
+    # the held-out digits they copy
+    dataset = tmp_path / "dataset"
+    gallery = json.loads((dataset / "report/gallery.json").read_text())
+    sections = {s["section"]: s["items"] for s in gallery["sections"]}
+    assert sections["duplicate:near_duplicate"] and sections["filtered:contaminated"]
+    for item in sections["duplicate:near_duplicate"]:
+        assert (dataset / item["thumb"]).is_file() and (
+            dataset / item["survivor"]["thumb"]
+        ).is_file()
+    for item in sections["filtered:contaminated"]:
+        assert (dataset / item["thumb"]).is_file() and (dataset / item["eval"]["thumb"]).is_file()
+    report = (dataset / "report.html").read_text()
+    assert 'id="gallery-duplicate-near_duplicate"' in report
+    assert 'id="gallery-filtered-contaminated"' in report
     manifest = Manifest.from_json((tmp_path / "dataset/manifest.json").read_text())
     urls = [str(tmp_path / "dataset" / s.url) for s in manifest.shardlist]
     assert not any(

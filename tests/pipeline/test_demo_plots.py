@@ -29,7 +29,7 @@ def test_every_logged_step_is_a_point_of_the_curve(tmp_path):
 def test_the_curve_and_the_confusion_matrix_are_drawn_at_a_readable_size(tmp_path):
     curve = curve_png(_metrics(tmp_path / "metrics.jsonl"), tmp_path / "curve.png", baseline=0.9)
     with Image.open(curve) as im:
-        assert im.size == (990, 660)
+        assert im.size == (990, 704)
         colours = np.unique(np.asarray(im.convert("RGB")).reshape(-1, 3), axis=0)
         assert len(colours) > 50  # lines, text and their anti-aliasing: not a blank canvas
     names = ["zero", "one", "two"]
