@@ -4,14 +4,14 @@ contaminated sample beside the evaluation image it matched, and the CLIP-score c
 both sides (the lowest- and highest-scored pairs kept and dropped). Thumbnails are small JPEGs
 in OUTPUT/report/, their records in OUTPUT/report/gallery.json; report.html shows them.
 
-    _ = {"results": result_rows, "images": rows_with_bytes} | "Gallery" >> Gallery(
-        GalleryConfig("out/", eval_source="eval/"))
+    inputs = {"rejected": failed_rows, "removed": decisions, "kept": survivors, "images": ok_rows}
+    _ = inputs | "Gallery" >> Gallery(GalleryConfig("out/", eval_source="eval/"))
 
 Bounded and the same on every run and runner: a reason's sample is the `per_reason` rows whose
 seeded hash of the key is smallest (a bottom-k sample: Beam's Top combiner per reason, so no
 accumulator holds more than k rows whatever the row count), and the CLIP-score extremes are the
 k lowest and highest scores on each side of the cut. The keys are chosen from the light result
-rows first; then only the chosen rows' image bytes are read, where the job already has them
+rows and decisions first; then only the chosen rows' image bytes are read, where the job has them
 (the rows on their way to the shard writer, or `fetch` from the source tars), so no image moves
 for the gallery but its own thumbnails.
 """
@@ -29,7 +29,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from PIL import Image
 
-from pipeline.curation.decontaminate import eval_image, found_item
+from pipeline.curation.decontaminate import eval_images, found_item
 from pipeline.io.layout import GALLERY_NAME, REPORT_DIR, join_path
 from pipeline.scoring.clip_filter import detail_score
 from schemas import Reason, Status
@@ -117,8 +117,14 @@ def _rank(item: tuple) -> tuple:
 
 
 def shown_keys(section: tuple[str, list]) -> list[str]:
-    """The keys whose images a section shows: its rows' and the survivors they duplicate."""
-    return sorted({k for _, key, row in section[1] for k in (key, row.get("duplicate_of")) if k})
+    """The keys whose images a section shows: its rows' (not of rows that never had one) and
+    the survivors they duplicate."""
+    keys = set()
+    for _, key, row in section[1]:
+        keys.update(
+            k for k in (None if row.get("uncurated") else key, row.get("duplicate_of")) if k
+        )
+    return sorted(keys)
 
 
 def thumbnail(data: bytes, side: int) -> tuple[bytes, list[int]]:
@@ -181,11 +187,11 @@ def eval_thumbnails(sections: list, cfg: GalleryConfig):
             if row.get("error")
         }
     )
+    images = eval_images(cfg.eval_source, items)  # an item gone since it was hashed: none
     for item in items:
-        try:  # an item gone or unreadable since it was hashed is shown without a picture
-            data = eval_image(cfg.eval_source, item)
-            jpeg, size = thumbnail(data, cfg.thumb_side) if data else (None, None)
-        except DECODE_ERRORS as e:
+        try:
+            jpeg, size = thumbnail(images[item], cfg.thumb_side) if item in images else (None, None)
+        except DECODE_ERRORS as e:  # unreadable since it was hashed: shown without a picture
             log.warning("gallery: evaluation item %s could not be shown: %s", item, e)
             continue
         if jpeg is not None:

@@ -200,23 +200,28 @@ def hash_eval_file(path: str, root: str) -> tuple[list[dict], list[dict]]:
         return [], [unreadable(name, e)]
 
 
-def eval_image(source: str, item_id: str) -> bytes | None:
-    """The bytes of the evaluation image an item id names (as `hash_eval_file` named it), for
-    showing a match; None for an item of a hash list, or one no longer there."""
+def eval_images(source: str, item_ids: list[str]) -> dict[str, bytes]:
+    """The bytes of the evaluation images item ids name (as `hash_eval_file` named them), for
+    showing a match; an item of a hash list, or one no longer there, is left out. The source
+    is listed once, a tar read once for all of its items."""
     root = source_root(source)
     files = {_file_name(p, root): p for p in list_sources(source)}
-    tar_name, _, key = item_id.rpartition(":")
-    path = files.get(item_id)
-    if path is not None and not path.endswith((".txt", ".csv", ".tar")):
-        with FileSystems.open(path) as f:
-            return f.read()
-    if tar_name.endswith(".tar") and tar_name in files:
-        with FileSystems.open(files[tar_name]) as f, tarfile.open(fileobj=f, mode="r|*") as tar:
+    found, in_tars = {}, {}
+    for item_id in item_ids:
+        path = files.get(item_id)
+        tar_name, _, key = item_id.rpartition(":")
+        if path is not None and not path.endswith((".txt", ".csv", ".tar")):
+            with FileSystems.open(path) as f:
+                found[item_id] = f.read()
+        elif tar_name.endswith(".tar") and tar_name in files:
+            in_tars.setdefault(files[tar_name], {})[key] = item_id
+    for path, wanted in in_tars.items():
+        with FileSystems.open(path) as f, tarfile.open(fileobj=f, mode="r|*") as tar:
             for member in tar:
-                name = member.name
-                if member.isfile() and _is_image_name(name) and split_member_name(name)[0] == key:
-                    return tar.extractfile(member).read()
-    return None
+                key = split_member_name(member.name)[0]
+                if member.isfile() and _is_image_name(member.name) and key in wanted:
+                    found[wanted[key]] = tar.extractfile(member).read()
+    return found
 
 
 def unreadable_error(

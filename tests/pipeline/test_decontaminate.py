@@ -12,7 +12,7 @@ import pytest
 import webdataset as wds
 
 from pipeline.curation.decontaminate import (
-    eval_image,
+    eval_images,
     eval_item,
     hash_eval_file,
     parse_hash_line,
@@ -145,14 +145,14 @@ def test_an_item_id_reads_back_its_evaluation_image(photos, tmp_path):
     (tmp_path / "hashes.txt").write_text("x,0123456789abcdef\n")
     items, _ = hash_eval_file(str(tmp_path / "eval-0.tar"), "")
     assert [it["id"] for it in items] == ["eval-0.tar:a", "eval-0.tar:b"]  # the ids matched
-    for source, item_id, expected in (
-        (tmp_path / "folder", "cups/coffee.png", coffee),
-        (tmp_path / "eval-0.tar", "eval-0.tar:b", rocket),
-        (f"{tmp_path}/eval-*.tar", "eval-0.tar:a", coffee),
-        (tmp_path / "hashes.txt", "x", None),
-        (tmp_path / "folder", "cups/gone.png", None),
-    ):
-        assert eval_image(str(source), item_id) == expected, (source, item_id)
+    assert eval_images(str(tmp_path / "folder"), ["cups/coffee.png", "cups/gone.png"]) == {
+        "cups/coffee.png": coffee
+    }
+    tar_items = ["eval-0.tar:b", "eval-0.tar:a", "eval-0.tar:gone"]
+    expected = {"eval-0.tar:a": coffee, "eval-0.tar:b": rocket}
+    assert eval_images(str(tmp_path / "eval-0.tar"), tar_items) == expected
+    assert eval_images(f"{tmp_path}/eval-*.tar", tar_items) == expected
+    assert eval_images(str(tmp_path / "hashes.txt"), ["x"]) == {}
 
 
 @pytest.mark.parametrize("share", [-0.1, 1.5, "1%", True])
