@@ -163,8 +163,11 @@ def build_train_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("evaluation during training")
     g.add_argument("--eval-every", type=int, default=e.every, help="steps between evaluations")
     g.add_argument("--zeroshot", help="folder-per-class images or labelled shards")
-    g.add_argument("--classnames", help="file or comma-separated list")
+    g.add_argument("--classnames", help="file or comma-separated list; seven|7: names of a class")
     g.add_argument("--templates", help="file of prompt templates, one a line")
+    g.add_argument(
+        "--templates-from", metavar="SHARDS", help="templates from these shards' captions"
+    )
     g.add_argument("--retrieval", help="shards of image-caption pairs")
     g = p.add_argument_group("debugging (tests use these)")
     g.add_argument(
@@ -266,6 +269,7 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
         zeroshot=args.zeroshot,
         classnames=args.classnames,
         templates=args.templates,
+        templates_from=args.templates_from,
         retrieval=args.retrieval,
         every=args.eval_every,
     )

@@ -102,8 +102,11 @@ class LossConfig:
 @dataclass
 class EvalConfig:
     zeroshot: str | None = None  # folder-per-class tree, or labelled shards
-    classnames: str | None = None  # file with one class name a line, or comma-separated names
+    classnames: str | None = None  # file with one class a line, or comma-separated; "seven|7"
     templates: str | None = None  # file with one prompt template a line ("a photo of a {}.")
+    templates_from: str | None = (
+        None  # shards whose captions give the templates (trainer/prompts.py)
+    )
     retrieval: str | None = None  # shards of image-caption pairs for recall@K
     batch_size: int = 64  # images per forward pass
     every: int = 0  # evaluate every N training steps (0: only when asked on the command line)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,53 +29,50 @@ from schemas.sample import IMAGE_EXTENSIONS, image_extension
 from trainer.checkpoint import load_model
 from trainer.configs import EvalConfig, UserError
 from trainer.distributed import pick_device
+from trainer.prompts import (
+    DEFAULT_TEMPLATES,
+    Prompts,
+    read_classnames,
+    read_list,
+    templates_from_captions,
+)
 from trainer.sources import SHARD_ERRORS, DataError, iter_shard, resolve_sources
+from trainer.tokenizer import shard_captions
 from trainer.transforms import decode_image, normalize, resize_center_crop
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TEMPLATES = (
-    "a photo of a {}.",
-    "a photo of the {}.",
-    "a picture of a {}.",
-    "an image of the {}.",
-)
-
-
-def read_list(spec: str | None) -> list[str] | None:
-    """Lines of a file, or a comma-separated list."""
-    if spec is None:
-        return None
-    if os.path.isfile(spec):
-        return [line.strip() for line in Path(spec).read_text().splitlines() if line.strip()]
-    return [item.strip() for item in spec.split(",") if item.strip()]
-
 
 def labelled_folder(
-    root: Path, order: list[str] | None = None
-) -> tuple[list[str], Iterator[tuple[bytes, int]]]:
-    """A folder per class: (class names from folder names, (image bytes, label) pairs).
+    root: Path, order: list[list[str]] | None = None
+) -> tuple[list[list[str]], Iterator[tuple[bytes, int]]]:
+    """A folder per class: (the names of each class, (image bytes, label) pairs).
 
-    `order`, if given, names the classes in the order labels should follow (as --classnames does);
-    it must name exactly the folders (with spaces for underscores)."""
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-    if not classes:
+    Without `order`, a class is named by its folder (spaces for underscores). `order` (as
+    --classnames gives it) lists each class's names in the order labels should follow; one of
+    a class's names must be its folder's."""
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if not folders:
         raise UserError(f"{root} has no class folders")
+    by_name = {f.replace("_", " "): f for f in folders}
+    classes = [[name] for name in by_name]
     if order:
-        by_name = {c.replace("_", " "): c for c in classes}
-        if sorted(order) != sorted(by_name):
+        matched = [next((n for n in names if n in by_name), None) for names in order]
+        if None in matched or sorted(matched) != sorted(by_name):
+            given = ", ".join("|".join(names) for names in order)
             raise UserError(
-                f"--classnames {', '.join(order)} do not match the class folders of {root}: {', '.join(sorted(by_name))}"
+                f"--classnames {given} do not match the class folders of {root}: "
+                f"{', '.join(sorted(by_name))}"
             )
-        classes = [by_name[name] for name in order]
+        folders, classes = [by_name[name] for name in matched], order
 
     def items():
-        for label, name in enumerate(classes):
+        for label, name in enumerate(folders):
             for path in sorted((root / name).iterdir()):
                 if path.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS:
                     yield path.read_bytes(), label
 
-    return [c.replace("_", " ") for c in classes], items()
+    return classes, items()
 
 
 def shard_samples(spec: str) -> Iterator[dict]:
@@ -124,11 +120,12 @@ def image_batches(items, image_size: int, batch_size: int) -> Iterator[tuple[tor
 
 
 @torch.no_grad()
-def zeroshot_classifier(model, tokenizer, classnames, templates, device) -> torch.Tensor:
-    """(D, C): per class, the normalized mean of its normalized prompt embeddings."""
+def zeroshot_classifier(model, tokenizer, prompts: Prompts, device) -> torch.Tensor:
+    """(D, C): per class, the normalized mean of its normalized prompt embeddings (every
+    template with every name of the class)."""
     columns = []
-    for name in classnames:
-        ids = tokenizer([t.format(name) for t in templates]).to(device)  # (P, T)
+    for label in range(len(prompts.classnames)):
+        ids = tokenizer(prompts.texts(label)).to(device)  # (P, T)
         emb = F.normalize(model.encode_text(ids).float(), dim=-1).mean(dim=0)  # (D,)
         columns.append(F.normalize(emb, dim=0))
     return torch.stack(columns, dim=1)
@@ -188,23 +185,34 @@ def retrieval_recall(model, tokenizer, spec, image_size, batch_size, device, ks=
     return results
 
 
+def zeroshot_prompts(cfg: EvalConfig) -> tuple[Prompts, Iterator[tuple[bytes, int]]]:
+    """The prompts of `cfg` and its labelled images. Templates: --templates, else those the
+    captions of --templates-from name classes with, else the default ensemble."""
+    root = Path(cfg.zeroshot)
+    if root.is_dir():
+        classnames, items = labelled_folder(root, read_classnames(cfg.classnames))
+    else:
+        classnames, items = read_classnames(cfg.classnames), labelled_shards(cfg.zeroshot)
+        if not classnames:
+            raise UserError("--classnames is needed for labelled shards")
+    templates = read_list(cfg.templates)
+    if templates is None and cfg.templates_from:
+        templates = templates_from_captions(shard_captions([cfg.templates_from]), classnames)
+        if not templates:
+            log.warning("no caption of %s names a class: default templates", cfg.templates_from)
+    return Prompts(classnames, templates or list(DEFAULT_TEMPLATES)), items
+
+
 def evaluate(
     model, tokenizer, cfg: EvalConfig, image_size: int, device, details: dict | None = None
 ) -> dict[str, float]:
-    """Scalar results; `details`, if given, also receives the class names and confusion matrix."""
+    """Scalar results; `details`, if given, also receives the prompts (class names, templates)
+    and the confusion matrix."""
     results: dict[str, float] = {}
     if cfg.zeroshot:
-        root = Path(cfg.zeroshot)
-        if root.is_dir():
-            classnames, items = labelled_folder(root, read_list(cfg.classnames))
-        else:
-            classnames, items = read_list(cfg.classnames), labelled_shards(cfg.zeroshot)
-            if not classnames:
-                raise UserError("--classnames is needed for labelled shards")
-        templates = read_list(cfg.templates) or list(DEFAULT_TEMPLATES)
-        if any("{}" not in t for t in templates):
-            raise UserError("every template needs a {} where the class name goes")
-        classifier = zeroshot_classifier(model, tokenizer, classnames, templates, device)
+        prompts, items = zeroshot_prompts(cfg)
+        classnames = prompts.labels()
+        classifier = zeroshot_classifier(model, tokenizer, prompts, device)
         batches = image_batches(items, image_size, cfg.batch_size)
         confusion = (
             torch.zeros(len(classnames), len(classnames), dtype=torch.long)
@@ -217,7 +225,9 @@ def evaluate(
             )
         )
         if details is not None:
-            details.update(classnames=list(classnames), confusion=confusion.tolist())
+            details.update(
+                classnames=classnames, prompts=prompts.to_dict(), confusion=confusion.tolist()
+            )
     if cfg.retrieval:
         results.update(
             retrieval_recall(model, tokenizer, cfg.retrieval, image_size, cfg.batch_size, device)
@@ -237,8 +247,17 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="webpairs eval", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", required=True, metavar="RUN_DIR_OR_FILE")
     p.add_argument("--zeroshot", metavar="FOLDER_OR_SHARDS")
-    p.add_argument("--classnames", help="file with one name a line, or comma-separated names")
+    p.add_argument(
+        "--classnames",
+        help="file with one class a line, or comma-separated classes; several names of a class "
+        "separated by | (seven|7), their prompts averaged",
+    )
     p.add_argument("--templates", help="file with one prompt template a line")
+    p.add_argument(
+        "--templates-from",
+        metavar="SHARDS",
+        help="templates from how these shards' captions name the classes (the commonest)",
+    )
     p.add_argument("--retrieval", metavar="SHARDS")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -251,22 +270,27 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     cfg = EvalConfig(
-        args.zeroshot, args.classnames, args.templates, args.retrieval, args.batch_size
+        zeroshot=args.zeroshot,
+        classnames=args.classnames,
+        templates=args.templates,
+        templates_from=args.templates_from,
+        retrieval=args.retrieval,
+        batch_size=args.batch_size,
     )
     try:
         if not (cfg.zeroshot or cfg.retrieval):
             raise UserError("nothing to evaluate: give --zeroshot and/or --retrieval")
         device = pick_device(args.device)
         model, tokenizer = load_model(args.checkpoint, device)
-        details: dict | None = {} if args.details else None
+        details: dict = {}
         results = evaluate(model, tokenizer, cfg, model.cfg.vision.image_size, device, details)
         if args.details:
             Path(args.details).write_text(json.dumps({"results": results, **details}, indent=1))
     except UserError as e:
         print(f"webpairs eval: error: {e}", file=sys.stderr)
         return 2
-    if args.json:
-        print(json.dumps(results))
+    if args.json:  # the prompts too: a top-1 means little without them
+        print(json.dumps({**results, **({"prompts": details["prompts"]} if cfg.zeroshot else {})}))
     else:
         for name, value in results.items():
             print(f"{name} {value:.4f}" if isinstance(value, float) else f"{name} {value}")

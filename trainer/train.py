@@ -248,10 +248,13 @@ def evaluate_during_training(s: Session, cfg: RunConfig, world: World, metrics) 
         from trainer.evaluate import evaluate
 
         model.eval()
-        size = s.model.cfg.vision.image_size
-        results = evaluate(model, s.tokenizer, cfg.eval, size, world.device)
+        size, details = s.model.cfg.vision.image_size, {}
+        results = evaluate(model, s.tokenizer, cfg.eval, size, world.device, details)
         model.train()
         metrics.write({"step": s.step, **{f"eval/{k}": v for k, v in results.items()}})
+        if "prompts" in details:  # what the zero-shot figures were measured with
+            path = Path(cfg.train.output) / "zeroshot-prompts.json"
+            path.write_text(json.dumps(details["prompts"], indent=1))
         log.info("step %d eval: %s", s.step, ", ".join(f"{k} {v:.4f}" for k, v in results.items()))
     barrier()
 

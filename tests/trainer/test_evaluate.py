@@ -154,3 +154,34 @@ def test_eval_cli_prints_top1_and_top5_for_a_trained_checkpoint(
 def test_eval_cli_user_errors(tmp_path, capsys):
     assert main(["--checkpoint", str(tmp_path), "--zeroshot", str(tmp_path)]) == 2
     assert capsys.readouterr().err.startswith("webpairs eval: error: no checkpoint in")
+
+
+def test_a_class_is_recognised_by_any_of_its_names(colour_folder):
+    model = ColourModel({"rouge": 0, "red": 0, "green": 1, "blue": 2})
+    details = {}
+    cfg = EvalConfig(zeroshot=str(colour_folder), classnames="rouge|red,green,blue")
+    assert evaluate(model, TOKENIZER, cfg, 16, "cpu", details)["top-1"] == 1.0
+    assert details["classnames"] == ["rouge", "green", "blue"]  # the first name labels a class
+    assert details["prompts"]["classnames"][0] == ["rouge", "red"]
+    assert "{}" in details["prompts"]["templates"]  # the default ensemble
+    with pytest.raises(UserError, match="do not match the class folders"):
+        evaluate(
+            model,
+            TOKENIZER,
+            EvalConfig(zeroshot=str(colour_folder), classnames="rouge,green,blue"),
+            16,
+            "cpu",
+        )
+
+
+def test_eval_json_holds_the_prompts(digit_shards, colour_folder, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    argv = ["--data", f"{digit_shards[0].parent}/*.tar", "--output", str(run_dir)]
+    assert train_main([*argv, "--steps", "2", "--batch-size", "8", "--workers", "0"]) == 0
+    capsys.readouterr()
+    (tmp_path / "t.txt").write_text("a {} square\n{}\n")
+    args = ["--checkpoint", str(run_dir), "--zeroshot", str(colour_folder), "--json"]
+    assert main([*args, "--templates", str(tmp_path / "t.txt")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["prompts"]["templates"] == ["a {} square", "{}"]
+    assert out["prompts"]["classnames"] == [["blue"], ["green"], ["red"]]
