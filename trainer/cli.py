@@ -61,6 +61,21 @@ def build_train_parser() -> argparse.ArgumentParser:
         help="fail when a loader stream skips more than this share of corrupt samples",
     )
     g.add_argument("--tokenizer", help="tokenizer.json (default: byte-level, no file needed)")
+    g.add_argument(
+        "--val-fraction",
+        type=float,
+        default=m.val_fraction,
+        metavar="F",
+        help="hold this share of the pairs (by key hash) out of training and report validation "
+        "loss and recall on them (every --eval-every steps and at the end)",
+    )
+    g.add_argument(
+        "--val-max-samples",
+        type=int,
+        default=m.val_max_samples,
+        metavar="N",
+        help="held-out pairs read for validation",
+    )
     g = p.add_argument_group("model")
     g.add_argument(
         "--model",
@@ -216,8 +231,10 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
         raise UserError(f"--finetune-at {args.finetune_at} must be below --steps {args.steps}")
     if args.workers < 0 or args.warmup < 0 or args.lr <= 0:
         raise UserError("--workers and --warmup must be >= 0 and --lr > 0")
-    if args.eval_every and not (args.zeroshot or args.retrieval):
-        raise UserError("--eval-every needs --zeroshot or --retrieval")
+    if args.eval_every and not (args.zeroshot or args.retrieval or args.val_fraction):
+        raise UserError("--eval-every needs --zeroshot, --retrieval or --val-fraction")
+    if not 0 <= args.val_fraction < 1 or args.val_max_samples < 2:
+        raise UserError("--val-fraction must be in [0, 1) and --val-max-samples at least 2")
     data = DataConfig(
         data=args.data,
         weights=args.mix,
@@ -227,6 +244,8 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
         shuffle_buffer=args.shuffle_buffer,
         seed=args.seed,
         max_skipped_fraction=args.max_skipped_fraction,
+        val_fraction=args.val_fraction,
+        val_max_samples=args.val_max_samples,
     )
     schedule = ScheduleConfig(
         lr=args.lr,

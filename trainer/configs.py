@@ -78,6 +78,8 @@ class DataConfig:
     max_skipped_fraction: float = 0.05  # fail when a stream skips more than this share ...
     skip_grace: int = 200  # ... once it has read at least this many samples
     prefetch: int = 2  # batches prefetched per worker
+    val_fraction: float = 0.0  # share of sample keys held out of training (trainer/validation.py)
+    val_max_samples: int = 2048  # held-out pairs read for validation (the first, in shard order)
 
 
 @dataclass

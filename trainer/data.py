@@ -50,6 +50,7 @@ from trainer.transforms import (
     random_resized_crop,
     resize_center_crop,
 )
+from trainer.validation import drop_validation
 
 log = logging.getLogger(__name__)
 
@@ -263,6 +264,7 @@ def stream_batches(
         return {"stream": stream, **state.to_dict()}
 
     samples = read_stream(shards, position.plan, topology, rank, worker, state)
+    samples = drop_validation(samples, cfg.val_fraction)
     if any(epoch < state.epoch for epoch, _, _ in state.buffer):
         # the snapshot was taken while the buffer drained an epoch's end: go on draining
         samples = itertools.chain([EPOCH_END], samples)

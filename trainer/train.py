@@ -54,6 +54,7 @@ from trainer.schedule import data_at, in_finetune_phase, input_sizes_at, lr_at
 from trainer.session import Session, full_model, save, setup, tokenizer_for, uses_bf16
 from trainer.sources import total_samples
 from trainer.transforms import normalize
+from trainer.validation import ValidationSet, load_validation, validation_metrics
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +159,7 @@ def run(cfg: RunConfig, world: World) -> int:
         if s.resumed:
             metrics.write({"event": "resume", "step": s.step, "world_size": world.world_size})
     seen_keys = SeenKeys(run_dir, world.rank) if t.debug_seen_keys else None
+    held_out = load_held_out(s, cfg, world)
     autocast = autocast_for(t.precision, world.device)
     nonfinite_run, window_start, window_steps = 0, time.monotonic(), 0
     finetuning = in_finetune_phase(s.step, cfg.schedule)
@@ -214,10 +216,11 @@ def run(cfg: RunConfig, world: World) -> int:
                         record["samples_per_s"],
                     )
                 window_start, window_steps = time.monotonic(), 0
-            if cfg.eval.every and s.step % cfg.eval.every == 0:
-                evaluate_during_training(s, cfg, world, metrics)
+            last = s.step == t.steps
+            if (cfg.eval.every and s.step % cfg.eval.every == 0) or (last and held_out):
+                evaluate_during_training(s, cfg, world, metrics, held_out)
             preempted = any_rank(stop.requested, world.device)
-            if s.step % t.checkpoint_every == 0 or s.step == t.steps or preempted:
+            if s.step % t.checkpoint_every == 0 or last or preempted:
                 save(s, tracker, world, t)
             if preempted:
                 log.warning("stopped by SIGTERM at step %d; resume with --resume latest", s.step)
@@ -242,16 +245,39 @@ def progress_record(s: Session, r: StepResult, lr: float, samples_per_s: float) 
     }
 
 
-def evaluate_during_training(s: Session, cfg: RunConfig, world: World, metrics) -> None:
+def load_held_out(s: Session, cfg: RunConfig, world: World) -> ValidationSet | bool:
+    """The --val-fraction pairs on rank 0 (True on the others: they take part in evaluation),
+    at the model's full image size; False without --val-fraction."""
+    if not cfg.data.val_fraction:
+        return False
+    if not world.is_main:
+        return True
+    data = dataclasses.replace(cfg.data, image_size=s.model.cfg.vision.image_size)
+    held_out = load_validation(s.shards, data, s.tokenizer)
+    log.info(
+        "validation: %d held-out pairs (--val-fraction %g)", len(held_out.keys), data.val_fraction
+    )
+    return held_out
+
+
+def evaluate_during_training(
+    s: Session, cfg: RunConfig, world: World, metrics, held_out: ValidationSet | bool = False
+) -> None:
     model = full_model(s, world)  # FSDP2: every rank gathers the shards, rank 0 evaluates
     if world.is_main:
         from trainer.evaluate import evaluate
 
+        results, details = {}, {}
+        if isinstance(held_out, ValidationSet):
+            batch = cfg.data.batch_size * world.world_size
+            results.update(validation_metrics(model, held_out, batch, world.device))
         model.eval()
-        size, details = s.model.cfg.vision.image_size, {}
-        results = evaluate(model, s.tokenizer, cfg.eval, size, world.device, details)
+        size = s.model.cfg.vision.image_size
+        if cfg.eval.zeroshot or cfg.eval.retrieval:
+            eval_results = evaluate(model, s.tokenizer, cfg.eval, size, world.device, details)
+            results.update({f"eval/{k}": v for k, v in eval_results.items()})
         model.train()
-        metrics.write({"step": s.step, **{f"eval/{k}": v for k, v in results.items()}})
+        metrics.write({"step": s.step, **results})
         if "prompts" in details:  # what the zero-shot figures were measured with
             path = Path(cfg.train.output) / "zeroshot-prompts.json"
             path.write_text(json.dumps(details["prompts"], indent=1))
