@@ -140,6 +140,13 @@ def build_train_parser() -> argparse.ArgumentParser:
         "--loss-tile", type=int, default=loss.tile, help="block side of --loss-impl tiled"
     )
     g.add_argument(
+        "--positives",
+        choices=["pairs", "captions"],
+        default=loss.positives,
+        help="captions: samples of the batch with identical captions are positives of each "
+        "other (InfoNCE), not negatives",
+    )
+    g.add_argument(
         "--accum-steps",
         type=int,
         default=d.accum_steps,
@@ -257,7 +264,9 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
         context_length=(args.context_length or 0) if finetune else 0,
     )
     check_input_sizes(schedule, model)
-    loss = LossConfig(kind=args.loss, impl=args.loss_impl, tile=args.loss_tile)
+    loss = LossConfig(
+        kind=args.loss, impl=args.loss_impl, tile=args.loss_tile, positives=args.positives
+    )
     check_loss(loss, model)
     train = TrainConfig(
         output=args.output,

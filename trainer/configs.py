@@ -99,6 +99,9 @@ class LossConfig:
     kind: str = "infonce"  # "infonce" (softmax over the batch, CLIP) or "sigmoid" (SigLIP)
     impl: str = "dense"  # "dense" (all logits at once) or "tiled" (blocks, recomputed in backward)
     tile: int = 1024  # rows and columns per block of the tiled loss
+    # InfoNCE positives: "pairs" (a sample's own caption only) or "captions" (also every other
+    # sample of the global batch with the identical caption, token for token)
+    positives: str = "pairs"
 
 
 @dataclass
@@ -271,6 +274,10 @@ def check_loss(loss: LossConfig, model: ModelConfig) -> None:
     """The sigmoid loss needs the model's logit bias, InfoNCE must not have one."""
     if loss.kind not in ("infonce", "sigmoid") or loss.impl not in ("dense", "tiled"):
         raise UserError(f"unknown loss {loss.kind!r} / implementation {loss.impl!r}")
+    if loss.positives not in ("pairs", "captions"):
+        raise UserError(f"--positives must be 'pairs' or 'captions', not {loss.positives!r}")
+    if loss.kind == "sigmoid" and loss.positives != "pairs":
+        raise UserError("--positives captions is for the InfoNCE loss, not --loss sigmoid")
     if loss.kind == "sigmoid" and model.init_logit_bias is None:
         raise UserError(
             "--loss sigmoid needs a model with a logit bias (a checkpoint's for InfoNCE?)"

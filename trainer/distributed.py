@@ -106,6 +106,15 @@ def ring_pass(x: torch.Tensor) -> torch.Tensor:
     return _RingPass.apply(x.contiguous())
 
 
+def all_gather_tensor(x: torch.Tensor) -> torch.Tensor:
+    """(B, ...) on every rank -> (world * B, ...) in rank order, without gradients."""
+    if not is_distributed():
+        return x
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts, dim=0)
+
+
 def all_gather_objects(obj: object) -> list:
     """Picklable `obj` from every rank, in rank order (on every rank)."""
     if not is_distributed():

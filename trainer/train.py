@@ -47,7 +47,7 @@ from trainer.distributed import (
     clip_gradients,
     init_distributed,
 )
-from trainer.loss import batch_accuracy, contrastive_loss
+from trainer.loss import batch_accuracy, caption_groups, contrastive_loss
 from trainer.monitor import MetricsLog, SeenKeys, StallWatchdog
 from trainer.position import DataPosition, PositionTracker
 from trainer.schedule import data_at, in_finetune_phase, input_sizes_at, lr_at
@@ -105,7 +105,8 @@ def train_step(s: Session, batch: dict, lr: float, t: TrainConfig, world: World,
     texts = batch["text"].to(world.device, non_blocking=True)  # (b, T)
     for group in s.optimizer.param_groups:
         group["lr"] = lr
-    loss_fn = partial(contrastive_loss, s.loss, rank=world.rank)
+    groups = caption_groups(texts) if s.loss.positives == "captions" else None  # (B,)
+    loss_fn = partial(contrastive_loss, s.loss, rank=world.rank, groups=groups)
     if s.step + 1 in t.debug_nan_steps:
         loss_fn = partial(_nan_loss, loss_fn)
     s.optimizer.zero_grad(set_to_none=True)

@@ -9,7 +9,7 @@ import torch
 
 from trainer.accum import forward_backward
 from trainer.configs import LossConfig, TrainConfig
-from trainer.loss import contrastive_loss
+from trainer.loss import caption_groups, contrastive_loss
 from trainer.model import create_model
 from trainer.session import build_model
 
@@ -29,7 +29,9 @@ def grads_of(model, images, texts, loss=None, accum_steps=1, replay_rng=True, se
     """Loss and gradients of one step, from the random state `seed`."""
     model.zero_grad(set_to_none=True)
     torch.manual_seed(seed)
-    loss_fn = partial(contrastive_loss, loss or LossConfig())
+    loss = loss or LossConfig()
+    groups = caption_groups(texts) if loss.positives == "captions" else None
+    loss_fn = partial(contrastive_loss, loss, groups=groups)
     out = forward_backward(model, images, texts, loss_fn, accum_steps, replay_rng=replay_rng)
     return out.loss, {n: p.grad.clone() for n, p in model.named_parameters()}
 
@@ -54,6 +56,16 @@ def test_accumulated_gradients_equal_the_whole_batch(accum_steps, kind):
     loss = LossConfig(kind)
     whole = grads_of(model, images, texts, loss)
     assert_same(grads_of(model, images, texts, loss, accum_steps), whole)
+
+
+@pytest.mark.parametrize("impl", ["dense", "tiled"])
+def test_accumulated_caption_positives_equal_the_whole_batch(impl):
+    model, images, texts = model_and_batch(**{"vision.patch_dropout": 0.5})
+    texts[[3, 6]] = texts[0].clone()  # one caption three times, in three micro-batches
+    loss = LossConfig(impl=impl, tile=3, positives="captions")
+    whole = grads_of(model, images, texts, loss)
+    assert_same(grads_of(model, images, texts, loss, accum_steps=3), whole)
+    assert whole[0] < grads_of(model, images, texts)[0]  # the repeats count as positives
 
 
 def test_accumulation_combines_with_checkpointing_and_the_tiled_loss():

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from trainer.cli import build_train_parser, run_config_from_args
-from trainer.loss import batch_accuracy, clip_loss, siglip_loss
+from trainer.configs import UserError
+from trainer.loss import batch_accuracy, caption_groups, clip_loss, siglip_loss
 
 
 def features(b=10, d=6, seed=0):
@@ -94,3 +95,55 @@ def test_batch_accuracy_in_row_blocks_counts_the_nearest_caption(max_block):
     expected = ((img @ txt.T).argmax(dim=1) == torch.arange(6)).float().mean().item()
     assert expected < 1
     assert batch_accuracy(img.detach(), txt, max_block=max_block) == pytest.approx(expected)
+
+
+# --positives captions: identical captions are positives of each other
+GROUPS = torch.tensor([0, 1, 0, 2, 3, 1, 0, 4, 5, 6])  # captions 0, 2, 6 alike; 1 and 5 alike
+
+
+def test_caption_groups_are_identical_token_sequences():
+    texts = torch.tensor([[1, 5, 2, 0], [1, 6, 2, 0], [1, 5, 2, 0], [1, 5, 6, 2]])
+    groups = caption_groups(texts)
+    assert groups[0] == groups[2] and len(set(groups.tolist())) == 3
+
+
+def test_grouped_infonce_is_the_log_probability_of_all_positives():
+    img, txt, scale, _ = features()
+    loss = clip_loss(img, txt, scale, groups=GROUPS)
+    same = (GROUPS[:, None] == GROUPS[None, :]).double()  # (b, b)
+    p_image = (scale * img @ txt.T).softmax(dim=1)  # (b, b) image -> text
+    p_text = (scale * txt @ img.T).softmax(dim=1)
+    expected = -((p_image * same).sum(1).log().mean() + (p_text * same).sum(1).log().mean()) / 2
+    torch.testing.assert_close(loss, expected, atol=1e-12, rtol=0)
+    assert loss < clip_loss(img, txt, scale)  # the alike captions no longer count against
+
+
+@pytest.mark.parametrize("impl", ["dense", "tiled"])
+def test_grouped_infonce_with_distinct_captions_is_infonce(impl):
+    leaves = features()
+    plain = value_and_grads(lambda i, t, s, b: clip_loss(i, t, s), leaves)
+    grouped = value_and_grads(
+        lambda i, t, s, b: clip_loss(i, t, s, impl=impl, tile=3, groups=torch.arange(10)),
+        leaves,
+    )
+    torch.testing.assert_close(grouped[0], plain[0], atol=1e-12, rtol=0)
+    for a, b in zip(grouped[1], plain[1]):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("tile", [1, 3, 10, 64])
+def test_tiled_grouped_infonce_equals_dense_with_its_gradients(tile):
+    leaves = features()
+    dense = value_and_grads(lambda i, t, s, b: clip_loss(i, t, s, groups=GROUPS), leaves)
+    tiled = value_and_grads(
+        lambda i, t, s, b: clip_loss(i, t, s, impl="tiled", tile=tile, groups=GROUPS), leaves
+    )
+    torch.testing.assert_close(tiled[0], dense[0], atol=1e-12, rtol=0)
+    for name, a, b in zip(["image", "text", "scale"], tiled[1], dense[1]):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=0, msg=name)
+
+
+def test_caption_positives_are_refused_with_the_sigmoid_loss():
+    argv = ["--data", "a.tar", "--output", "r", "--loss", "sigmoid", "--positives", "captions"]
+    with pytest.raises(UserError, match="InfoNCE"):
+        run_config_from_args(build_train_parser().parse_args(argv))

@@ -25,7 +25,7 @@ from trainer.checkpoint import (
 )
 from trainer.configs import LossConfig, TrainConfig
 from trainer.distributed import World, all_reduce_mean, clip_gradients, wrap_model
-from trainer.loss import contrastive_loss, siglip_loss
+from trainer.loss import caption_groups, contrastive_loss, siglip_loss
 from trainer.model import create_model
 from trainer.session import make_optimizer
 
@@ -41,6 +41,8 @@ VARIANTS = {
     "sigmoid-ring": (LossConfig("sigmoid"), 1),
     "sigmoid-gather": ("gather", 1),
     "sigmoid-tiled-accum": (LossConfig("sigmoid", "tiled", tile=3), 4),
+    "infonce-captions-accum": (LossConfig("infonce", positives="captions"), 2),
+    "infonce-captions-tiled": (LossConfig("infonce", "tiled", tile=3, positives="captions"), 1),
 }
 
 
@@ -54,14 +56,17 @@ def model_and_batch(kind="infonce", seed=0):
     images = torch.randn(GLOBAL_BATCH, 3, 32, 32, dtype=torch.float64)
     texts = torch.randint(3, 259, (GLOBAL_BATCH, 32))
     texts[torch.arange(GLOBAL_BATCH), torch.randint(5, 30, (GLOBAL_BATCH,))] = 2
+    texts[[1, 6]] = texts[0].clone()  # a caption repeated on the same rank and on the other one
     return model, images, texts
 
 
-def loss_fn_for(variant, rank):
+def loss_fn_for(variant, rank, texts):
+    """The loss of `variant` for a rank holding captions `texts` (b, T)."""
     loss, _ = VARIANTS[variant]
     if loss == "gather":
         return partial(siglip_loss, rank=rank, exchange="gather")
-    return partial(contrastive_loss, loss, rank=rank)
+    groups = caption_groups(texts) if loss.positives == "captions" else None
+    return partial(contrastive_loss, loss, rank=rank, groups=groups)
 
 
 def train_steps(wrapped, model, rank, world, steps=range(STEPS), optimizer=None):
@@ -106,7 +111,7 @@ def _rank_main(rank, world, store, out, run_dir):
         wrapped = wrap_model(model, [], "ddp", World(rank, world), bf16=False)
         reductions = []  # gradient buckets all-reduced, whatever the micro-batches
         wrapped.register_comm_hook(reductions, counting_allreduce)
-        loss_fn = loss_fn_for(variant, rank)
+        loss_fn = loss_fn_for(variant, rank, texts[local])
         o = forward_backward(wrapped, images[local], texts[local], loss_fn, accum_steps=accum)
         grads = {n: p.grad.clone() for n, p in model.named_parameters()}
         loss = all_reduce_mean(o.loss)
@@ -161,7 +166,13 @@ def test_two_ranks_match_one_process_dense_on_the_global_batch(two_ranks, varian
     results, _ = two_ranks
     kind = "infonce" if variant.startswith("infonce") else "sigmoid"
     model, images, texts = model_and_batch(kind)
-    reference = forward_backward(model, images, texts, partial(contrastive_loss, LossConfig(kind)))
+    loss = LossConfig(
+        kind, positives=VARIANTS[variant][0].positives if kind == "infonce" else "pairs"
+    )
+    groups = caption_groups(texts) if loss.positives == "captions" else None
+    reference = forward_backward(
+        model, images, texts, partial(contrastive_loss, loss, groups=groups)
+    )
     got = results[variant]
     assert got["loss"].item() == pytest.approx(reference.loss.item(), abs=1e-10)
     for name, p in model.named_parameters():
