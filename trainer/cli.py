@@ -60,7 +60,14 @@ def build_train_parser() -> argparse.ArgumentParser:
         default=m.max_skipped_fraction,
         help="fail when a loader stream skips more than this share of corrupt samples",
     )
-    g.add_argument("--tokenizer", help="tokenizer.json (default: byte-level, no file needed)")
+    g.add_argument(
+        "--tokenizer",
+        metavar="FILE|byte|bpe",
+        help="a tokenizer.json; byte: byte-level, no merges; bpe: a byte-level BPE learnt from "
+        "the first --bpe-captions captions, saved as RUN/tokenizer.json (default: byte)",
+    )
+    g.add_argument("--bpe-vocab-size", type=int, default=d.bpe_vocab_size, metavar="N")
+    g.add_argument("--bpe-captions", type=int, default=d.bpe_captions, metavar="N")
     g.add_argument(
         "--val-fraction",
         type=float,
@@ -226,6 +233,7 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
         "max_nonfinite",
         "accum_steps",
         "loss_tile",
+        "bpe_captions",
     ):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
@@ -284,6 +292,8 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
         max_nonfinite=args.max_nonfinite,
         stall_timeout=args.stall_timeout,
         tokenizer=args.tokenizer,
+        bpe_vocab_size=args.bpe_vocab_size,
+        bpe_captions=args.bpe_captions,
         strategy=args.strategy,
         accum_steps=args.accum_steps,
         grad_checkpointing=args.grad_checkpointing,

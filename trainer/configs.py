@@ -135,7 +135,9 @@ class TrainConfig:
     log_every: int = 10  # steps between progress lines and metrics records
     max_nonfinite: int = 5  # stop after this many non-finite steps in a row
     stall_timeout: float = 600.0  # seconds without a batch before a rank reports a stall
-    tokenizer: str | None = None  # tokenizer.json; default: byte-level (no merges)
+    tokenizer: str | None = None  # tokenizer.json, "byte" or "bpe"; None: the default (session.py)
+    bpe_vocab_size: int = 8192  # "bpe": at most this many tokens (fewer when captions repeat)
+    bpe_captions: int = 20000  # "bpe": learnt from the first this many training captions
     strategy: str = "ddp"  # "ddp" (replicated weights) or "fsdp" (FSDP2: sharded per block)
     accum_steps: int = 1  # micro-batches per step, contrastive loss over the whole batch (BASIC)
     grad_checkpointing: bool = False  # recompute each block's activations in backward

@@ -42,9 +42,13 @@ from trainer.monitor import truncate_seen_keys
 from trainer.position import DataPosition, PositionTracker, Topology
 from trainer.schedule import check_input_sizes, data_at
 from trainer.sources import resolve_sources
-from trainer.tokenizer import CaptionTokenizer, byte_tokenizer
+from trainer.tokenizer import CaptionTokenizer, byte_tokenizer, shard_captions, train_tokenizer
+from trainer.validation import in_validation
 
 log = logging.getLogger(__name__)
+
+# what a run without --tokenizer uses (bench/RESULTS-learning.md measures the choice)
+DEFAULT_TOKENIZER = "byte"
 
 
 @dataclass
@@ -130,6 +134,35 @@ def tokenizer_for(tokenizer: CaptionTokenizer, context_length: int) -> CaptionTo
     return CaptionTokenizer(tokenizer.tokenizer, context_length)
 
 
+def initial_tokenizer(cfg: RunConfig, world: World, context_length: int) -> CaptionTokenizer:
+    """--tokenizer FILE, "byte" (256 bytes, no merges) or "bpe": a byte-level BPE that rank 0
+    learns from the first --bpe-captions training captions (never validation pairs), written
+    to RUN/tokenizer.json and handed to every rank."""
+    t = cfg.train
+    kind = t.tokenizer or DEFAULT_TOKENIZER
+    if kind not in ("byte", "bpe"):
+        return CaptionTokenizer.from_file(kind, context_length)
+    if kind == "byte":
+        return CaptionTokenizer(byte_tokenizer(), context_length)
+    text = None
+    if world.is_main:
+        fraction = cfg.data.val_fraction
+        held_out = (lambda key: in_validation(key, fraction)) if fraction else None
+        captions = list(shard_captions(cfg.data.data, t.bpe_captions, held_out))
+        text = train_tokenizer(captions, t.bpe_vocab_size).to_str()
+        path = Path(t.output) / "tokenizer.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        tokenizer = CaptionTokenizer.from_json(text, context_length)
+        log.info(
+            "tokenizer: byte-level BPE of %d tokens learnt from the first %d captions, in %s",
+            tokenizer.vocab_size,
+            len(captions),
+            path,
+        )
+    return CaptionTokenizer.from_json(all_gather_objects(text)[0], context_length)
+
+
 def setup(cfg: RunConfig, world: World) -> Session:
     t, run_dir = cfg.train, Path(cfg.train.output)
     saved = None
@@ -140,10 +173,8 @@ def setup(cfg: RunConfig, world: World) -> Session:
     context_length = model_cfg.text.context_length
     if saved is not None:
         tokenizer = CaptionTokenizer.from_json(saved["tokenizer"], context_length)
-    elif t.tokenizer:
-        tokenizer = CaptionTokenizer.from_file(t.tokenizer, context_length)
     else:
-        tokenizer = CaptionTokenizer(byte_tokenizer(), context_length)
+        tokenizer = initial_tokenizer(cfg, world, context_length)
     model_cfg = resolve_model_config(cfg, model_cfg, tokenizer)
     data = data_at(saved["step"] if saved else 0, cfg.schedule, cfg.data, model_cfg)
 

@@ -18,7 +18,7 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
@@ -132,12 +132,17 @@ def train_tokenizer(captions: Iterable[str], vocab_size: int, min_frequency: int
     return tokenizer
 
 
-def shard_captions(specs: list[str], limit: int | None = None) -> Iterator[str]:
-    """Captions (`KEY.txt`) of the shards `specs` resolve to, in shard order."""
+def shard_captions(
+    specs: list[str], limit: int | None = None, skip_key: Callable[[str], bool] | None = None
+) -> Iterator[str]:
+    """Captions (`KEY.txt`) of the shards `specs` resolve to, in shard order; none of the
+    samples whose key `skip_key` holds (validation pairs)."""
     count = 0
     for shard in resolve_sources(specs):
         try:
-            for _, _, members in iter_shard(shard.url):
+            for _, key, members in iter_shard(shard.url):
+                if skip_key is not None and skip_key(key):
+                    continue
                 if "txt" in members:
                     yield members["txt"].decode("utf-8", errors="replace")
                     count += 1

@@ -66,3 +66,25 @@ def test_tokenizers_without_an_end_token_or_file_are_user_errors(tmp_path):
         CaptionTokenizer(plain)
     with pytest.raises(UserError, match="cannot load tokenizer"):
         CaptionTokenizer.from_file(str(tmp_path / "missing.json"))
+
+
+def test_shard_captions_leave_out_the_keys_asked(digit_shards, keys_in):
+    keys = keys_in(digit_shards)
+    assert len(list(shard_captions([str(p) for p in digit_shards], skip_key=lambda k: True))) == 0
+    kept = list(shard_captions([str(digit_shards[0])], skip_key=lambda k: k == keys[0]))
+    assert len(kept) == 15  # 16 in the first shard, one left out
+
+
+def test_train_learns_its_bpe_from_the_training_captions_and_keeps_it(digit_shards, tmp_path):
+    from trainer.checkpoint import load_model
+    from trainer.cli import main as train_main
+
+    run_dir = tmp_path / "run"
+    argv = ["--data", f"{digit_shards[0].parent}/*.tar", "--output", str(run_dir)]
+    argv += ["--steps", "2", "--batch-size", "8", "--workers", "0", "--tokenizer", "bpe"]
+    assert train_main([*argv, "--bpe-vocab-size", "300"]) == 0
+    learnt = Tokenizer.from_file(str(run_dir / "tokenizer.json"))
+    assert 259 < learnt.get_vocab_size() <= 300
+    assert len(learnt.encode("a photo of the digit seven").ids) < len(CAPTION)  # merged words
+    _, tokenizer = load_model(str(run_dir), "cpu")  # the checkpoint carries the same one
+    assert tokenizer.to_json() == learnt.to_str()
