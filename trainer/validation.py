@@ -22,10 +22,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from schemas.imagehash import DECODE_ERRORS
 from schemas.sample import image_extension
 from trainer.configs import DataConfig
 from trainer.sources import SHARD_ERRORS, DataError, Shard, iter_shard
-from trainer.transforms import DECODE_ERRORS, decode_image, normalize, resize_center_crop
+from trainer.transforms import decode_image, normalize, resize_center_crop
 
 log = logging.getLogger(__name__)
 
