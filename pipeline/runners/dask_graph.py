@@ -29,7 +29,11 @@ K = t.TypeVar("K")
 V = t.TypeVar("V")
 
 BUNDLE_BYTES = 16 << 20  # Read: the source is split into bundles of about this size
-CREATE_PARTITIONS = 1024  # at most this many partitions for a Create's values
+# at most this many partitions for a source (a Read's bundles are grouped, a Create's values
+# chunked), and so for a shuffle unless the cluster has more threads: a one-step shuffle
+# links each of its input partitions to each output partition
+MAX_PARTITIONS = 1024
+MAX_SHUFFLE_LINKS = 20_000_000  # more links than this in one shuffle: refused
 INLINE_PAYLOAD = 64 << 10  # a pickled DoFn up to this size travels inside each of its tasks
 
 
@@ -171,7 +175,7 @@ class _Graph(PipelineVisitor):
         elif isinstance(transform, _Read):
             parts = self._add(
                 self._name(node, "read"),
-                [(tasks.read_bundles, pickler.dumps([b])) for b in self.reads[node]] or [[]],
+                [(tasks.read_bundles, pickler.dumps(c)) for c in self.reads[node]] or [[]],
             )
         elif isinstance(transform, _Reshuffle):
             parts = self._spread(node, self.pcolls[inputs[0]])
@@ -185,10 +189,9 @@ class _Graph(PipelineVisitor):
         self.pcolls[out] = parts
 
     def _create(self, node, values: list) -> list[tuple]:
-        n = create_partitions(len(values))
-        chunks = [values[i::n] for i in range(n)]
+        parts = chunks(values, create_partitions(len(values)))
         return self._add(
-            self._name(node, "create"), [(tasks.unpickle, pickler.dumps(c)) for c in chunks]
+            self._name(node, "create"), [(tasks.unpickle, pickler.dumps(c)) for c in parts]
         )
 
     def _spread(self, node, parts: list[tuple]) -> list[tuple]:
@@ -205,6 +208,13 @@ class _Graph(PipelineVisitor):
         """A GroupByKey: each partition split by key hash (in its chain's task when it has
         one), then bucket j of every split grouped."""
         buckets = self.shuffle_partitions
+        links = len(self.pcolls[pcoll]) * buckets
+        if links > MAX_SHUFFLE_LINKS:
+            _refuse(
+                node,
+                f"a shuffle of {len(self.pcolls[pcoll])} into {buckets} partitions "
+                f"({links:,} task links)",
+            )
         splits = self._fusable(pcoll)
         if splits is not None:
             self._end_chain(splits, buckets)
@@ -273,9 +283,16 @@ def _tag(tag):
 
 
 def create_partitions(n_values: int) -> int:
-    """A Create's partitions: one per value up to CREATE_PARTITIONS (its values are files or
+    """A Create's partitions: one per value up to MAX_PARTITIONS (its values are files or
     shards to read, mostly: one task each)."""
-    return max(1, min(n_values, CREATE_PARTITIONS))
+    return max(1, min(n_values, MAX_PARTITIONS))
+
+
+def chunks(values: list, n: int) -> list[list]:
+    """`values` in `n` contiguous chunks of nearly equal length."""
+    size, extra = divmod(len(values), n)
+    bounds = [i * size + min(i, extra) for i in range(n + 1)]
+    return [values[a:b] for a, b in zip(bounds, bounds[1:])]
 
 
 class _Survey(PipelineVisitor):
@@ -295,8 +312,9 @@ class _Survey(PipelineVisitor):
             self.uses[si.pvalue] += 1
         if isinstance(node.transform, _Read):
             bundles = list(node.transform.source.split(desired_bundle_size=BUNDLE_BYTES))
-            self.reads[node] = bundles
-            self.largest = max(self.largest, len(bundles))
+            n = max(1, min(len(bundles), MAX_PARTITIONS))
+            self.reads[node] = chunks(bundles, n)  # a task reads each chunk of bundles
+            self.largest = max(self.largest, n)
         elif isinstance(node.transform, _Create):
             self.largest = max(self.largest, create_partitions(len(node.transform.values)))
 
@@ -304,8 +322,8 @@ class _Survey(PipelineVisitor):
 def translate(pipeline: beam.Pipeline, threads: int, shuffle_partitions: int | None = None):
     """Overrides applied and the graph translated; raises UnsupportedOnDask naming the first
     stage that cannot run. A GroupByKey's output has `shuffle_partitions` partitions, by
-    default as many as the largest source has and at least one per worker thread: the
-    shuffles keep the sources' granularity and every thread busy."""
+    default as many as the largest source has (at most MAX_PARTITIONS) and at least one per
+    worker thread: the shuffles keep the sources' granularity and every thread busy."""
     pipeline.replace_all(overrides())
     survey = _Survey()
     pipeline.visit(survey)

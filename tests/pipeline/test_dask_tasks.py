@@ -106,3 +106,39 @@ def test_a_key_lands_in_the_same_bucket_in_every_process():
     ]
     assert seen[0][0] == seen[1][0]  # our buckets agree
     assert seen[0][1] != seen[1][1]  # Python's hash would not have
+
+
+def _words_pipeline(folder, files: int) -> beam.Pipeline:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for i in range(files):
+        pq.write_table(pa.table({"word": [f"w{i}", "x"]}), folder / f"{i:03d}.parquet")
+    p = beam.Pipeline()  # translated only, never run
+    _ = (
+        p
+        | "Read" >> beam.io.ReadFromParquet(str(folder / "*.parquet"))
+        | "Pair" >> beam.Map(lambda r: (r["word"], 1))
+        | "Group" >> beam.GroupByKey()
+    )
+    return p
+
+
+def test_a_source_of_many_files_is_read_in_at_most_max_partitions(tmp_path, monkeypatch):
+    from pipeline.runners import dask_graph
+
+    monkeypatch.setattr(dask_graph, "MAX_PARTITIONS", 4)
+    graph = dask_graph.translate(_words_pipeline(tmp_path, 10), threads=2)
+    (read,) = graph.reads.values()
+    assert len(read) == 4 and sum(len(c) for c in read) == 10  # every file, in 4 tasks
+    assert graph.shuffle_partitions == 4
+
+
+def test_a_shuffle_too_big_for_one_step_is_refused_by_name(tmp_path, monkeypatch):
+    import pytest
+
+    from pipeline.runners import dask_graph
+
+    monkeypatch.setattr(dask_graph, "MAX_SHUFFLE_LINKS", 10)
+    with pytest.raises(dask_graph.UnsupportedOnDask, match=r"stage 'Group': a shuffle of 4 into 4"):
+        dask_graph.translate(_words_pipeline(tmp_path, 4), threads=4)
