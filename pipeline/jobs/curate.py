@@ -46,6 +46,7 @@ from pipeline.jobs.shell import (
     summary_line,
     write_tail,
 )
+from pipeline.runners.cluster import DaskClusterOptions
 from pipeline.scoring.identity import ScorerIdentity
 from pipeline.scoring.pairs import ScorePairs, check_scoring
 from schemas import Stats, Status
@@ -242,6 +243,7 @@ def _help(prog: str) -> str:
         prog=prog, description="URL lists in, WebDataset shards out (Apache Beam)."
     )
     CurateOptions._add_argparse_args(parser)
+    DaskClusterOptions._add_argparse_args(parser)
     return (
         parser.format_help()
         + "\nAny Beam pipeline option (--runner, --direct_num_workers, ...) is accepted too.\n"

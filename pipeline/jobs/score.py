@@ -181,7 +181,8 @@ def _help(prog: str) -> str:
         "Record a trainer checkpoint's CLIP score and embeddings in a webpairs output's\n"
         "per-shard parquet (the tars are not rewritten); the manifest names the model.\n"
         "--recipe: only its `score` section (batch_size, device, threads, large_model) is\n"
-        "read. Any Beam pipeline option (--runner, --direct_num_workers, ...) is accepted.\n"
+        "read. Any Beam pipeline option (--runner, --direct_num_workers, ...) is accepted;\n"
+        "--runner dask with --dask-address tcp://HOST:PORT or --dask-workers N.\n"
     )
 
 

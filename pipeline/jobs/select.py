@@ -43,6 +43,7 @@ from pipeline.jobs.shell import (
     summary_line,
     write_tail,
 )
+from pipeline.runners.cluster import DaskClusterOptions
 from pipeline.scoring.identity import ScorerIdentity, is_remote
 from pipeline.scoring.pairs import ScorePairs, check_scoring
 from schemas import Stats
@@ -276,6 +277,7 @@ def _help(prog: str) -> str:
     g.add_argument("--samples-per-shard", type=int, default=10_000)
     g.add_argument("--overwrite", action="store_true")
     SelectOptions._add_argparse_args(parser)
+    DaskClusterOptions._add_argparse_args(parser)
     return (
         parser.format_help()
         + "\nAny Beam pipeline option (--runner, --direct_num_workers, ...) is accepted too.\n"
