@@ -159,7 +159,7 @@ def dask_cluster(options: PipelineOptions, output: str):
                 n_workers=workers,
                 threads_per_worker=1,
                 processes=True,
-                dashboard_address=None,
+                dashboard_address="127.0.0.1:0",  # (None does not turn it off) any free port
                 silence_logs=logging.WARNING,
             )
         address = cluster.scheduler_address

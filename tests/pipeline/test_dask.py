@@ -49,7 +49,7 @@ PHOTOS = ["astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "came
 @pytest.fixture(scope="module")
 def cluster():
     with distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0"
     ) as c:
         yield c
 
@@ -349,7 +349,9 @@ sys.meta_path.insert(0, _Block())
 
 def test_a_worker_without_the_projects_code_is_refused_before_the_job(tmp_path, capsys):
     (tmp_path / "block_project.py").write_text(BLOCK_PROJECT)
-    with distributed.LocalCluster(n_workers=0, processes=True, dashboard_address=None) as c:
+    with distributed.LocalCluster(
+        n_workers=0, processes=True, dashboard_address="127.0.0.1:0"
+    ) as c:
         worker = subprocess.Popen(
             [sys.executable, "-m", "distributed.cli.dask_worker", c.scheduler_address]
             + ["--nthreads", "1", "--no-nanny", "--preload", str(tmp_path / "block_project.py")],
