@@ -8,16 +8,17 @@ in OUTPUT/report/, their records in OUTPUT/report/gallery.json; report.html show
     _ = inputs | "Gallery" >> Gallery(GalleryConfig("out/", eval_source="eval/"))
 
 Bounded and the same on every run and runner: a reason's sample is the `per_reason` rows whose
-seeded hash of the key is smallest (a bottom-k sample: Beam's Top combiner per reason, so no
-accumulator holds more than k rows whatever the row count), and the CLIP-score extremes are the
-k lowest and highest scores on each side of the cut. The keys are chosen from the light result
-rows and decisions first; then only the chosen rows' image bytes are read, where the job has them
-(the rows on their way to the shard writer, or `fetch` from the source tars), so no image moves
-for the gallery but its own thumbnails.
+seeded hash of the key is smallest (a bottom-k sample: one Beam combiner, BottomKPerSection, whose
+accumulators hold k rows a reason whatever the row count), and the CLIP-score extremes are the k
+lowest and highest scores on each side of the cut. The keys are chosen from the light rows and
+decisions first; then only the chosen rows' image bytes are read, where the job has them (the
+rows on their way to the shard writer, or `fetch` from the source tars), so no image moves for
+the gallery but its own thumbnails.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import io
 import json
@@ -113,18 +114,48 @@ def kept_candidates(row: dict):
 
 
 def _rank(item: tuple) -> tuple:
-    return item[0], item[1]
+    return item[0], item[1]  # (order, key): unique, so rows are never compared
 
 
-def shown_keys(section: tuple[str, list]) -> list[str]:
-    """The keys whose images a section shows: its rows' (not of rows that never had one) and
-    the survivors they duplicate."""
+class BottomKPerSection(beam.CombineFn):
+    """(section, (order, key, row)) -> {section: its k smallest by (order, key), ascending}: a
+    bottom-k sample per section whose accumulators hold at most k rows a section, merged the
+    same whatever the bundles (the k smallest of a union are the k smallest of its parts')."""
+
+    def __init__(self, k: int):
+        self.k = k
+
+    def create_accumulator(self):
+        return {}
+
+    def add_input(self, acc, element):
+        section, item = element
+        kept = acc.setdefault(section, [])
+        if len(kept) < self.k or _rank(item) < _rank(kept[-1]):
+            bisect.insort(kept, item, key=_rank)
+            del kept[self.k :]
+        return acc
+
+    def merge_accumulators(self, accs):
+        out = {}
+        for acc in accs:
+            for section, items in acc.items():
+                out[section] = sorted(out.get(section, []) + items, key=_rank)[: self.k]
+        return out
+
+    def extract_output(self, acc):
+        return acc
+
+
+def shown_keys(sections: dict[str, list]) -> frozenset[str]:
+    """The keys whose images the gallery shows: its rows' (not of rows that never had one)
+    and the survivors they duplicate."""
     keys = set()
-    for _, key, row in section[1]:
-        keys.update(
-            k for k in (None if row.get("uncurated") else key, row.get("duplicate_of")) if k
-        )
-    return sorted(keys)
+    for items in sections.values():
+        for _, key, row in items:
+            mine = None if row.get("uncurated") else key
+            keys.update(k for k in (mine, row.get("duplicate_of")) if k)
+    return frozenset(keys)
 
 
 def thumbnail(data: bytes, side: int) -> tuple[bytes, list[int]]:
@@ -174,19 +205,11 @@ class _ThumbnailFn(beam.DoFn):
         yield row["key"], shown
 
 
-def eval_thumbnails(sections: list, cfg: GalleryConfig):
+def eval_thumbnails(sections: dict[str, list], cfg: GalleryConfig):
     """The sampled contaminated rows -> (evaluation item id, its thumbnail's path), each read
     from the evaluation set (a hash list has no image to show)."""
-    section = f"{Status.FILTERED}:{Reason.CONTAMINATED}"
-    items = sorted(
-        {
-            found_item(row["error"])
-            for s, picked in sections
-            if s == section
-            for *_, row in picked
-            if row.get("error")
-        }
-    )
+    picked = sections.get(f"{Status.FILTERED}:{Reason.CONTAMINATED}", [])
+    items = sorted({found_item(row["error"]) for *_, row in picked if row.get("error")})
     images = eval_images(cfg.eval_source, items)  # an item gone since it was hashed: none
     for item in items:
         try:
@@ -205,12 +228,12 @@ def _distances(row: dict, other: dict) -> dict:
     return {h: hamming(row[h], other[h]) for h in ("phash", "dhash") if row.get(h) and other.get(h)}
 
 
-def gallery_record(sections: list, shown: dict, evals: dict, cfg: GalleryConfig) -> dict:
+def gallery_record(sections: dict, shown: dict, evals: dict, cfg: GalleryConfig) -> dict:
     """The sampled sections, the shown rows (key -> slim row with its `thumb`) and the
     evaluation thumbnails -> what gallery.json holds: each item with its thumbnail, and its
     survivor (with the hash distances between them) or the evaluation item it matched."""
     out = []
-    for section, picked in sorted(sections):
+    for section, picked in sorted(sections.items()):
         items = []
         for _, key, row in sorted(picked, key=_rank):
             # the image's row as the job read it, what the sampled row knows, what was decided
@@ -236,7 +259,7 @@ def gallery_record(sections: list, shown: dict, evals: dict, cfg: GalleryConfig)
     }
 
 
-def write_gallery(sections: list, shown: dict, evals: dict, cfg: GalleryConfig) -> str:
+def write_gallery(sections: dict, shown: dict, evals: dict, cfg: GalleryConfig) -> str:
     record = gallery_record(sections, shown, evals, cfg)
     path = join_path(cfg.output, *GALLERY_NAME.split("/"))
     with FileSystems.create(path) as f:
@@ -283,30 +306,20 @@ class Gallery(beam.PTransform):
                 pcolls["kept"] | "KeptCandidates" >> beam.FlatMap(kept_candidates),
             )
             | "AllCandidates" >> beam.Flatten()
-            | "SamplePerSection"
-            >> beam.combiners.Top.PerKey(cfg.per_reason, key=_rank, reverse=True)
+            | "SamplePerSection" >> beam.CombineGlobally(BottomKPerSection(cfg.per_reason))
         )
-        wanted = beam.pvalue.AsDict(
-            sections
-            | "ShownKeys" >> beam.FlatMap(shown_keys)
-            | "OnceEach" >> beam.Distinct()
-            | "AsEntries" >> beam.Map(lambda k: (k, True))
-        )
+        wanted = beam.pvalue.AsSingleton(sections | "ShownKeys" >> beam.Map(shown_keys))
         sampled = pcolls["images"] | "SampledRows" >> beam.Filter(
             lambda r, w: r["key"] in w, w=wanted
         )
         if self.fetch is not None:
             sampled = sampled | "FetchImages" >> self.fetch
         shown = sampled | "Thumbnails" >> beam.ParDo(_ThumbnailFn(cfg))
-        all_sections = sections | "AllSections" >> beam.combiners.ToList()
-        evals = (
-            all_sections | "EvalThumbnails" >> beam.FlatMap(eval_thumbnails, cfg=cfg)
-            if cfg.eval_source
-            else pcolls["kept"].pipeline | "NoEvalThumbnails" >> beam.Create([])
-        )
-        return all_sections | "WriteGallery" >> beam.Map(
-            write_gallery,
-            shown=beam.pvalue.AsDict(shown),
-            evals=beam.pvalue.AsDict(evals),
-            cfg=cfg,
+        evals = {}
+        if cfg.eval_source:
+            evals = beam.pvalue.AsDict(
+                sections | "EvalThumbnails" >> beam.FlatMap(eval_thumbnails, cfg=cfg)
+            )
+        return sections | "WriteGallery" >> beam.Map(
+            write_gallery, shown=beam.pvalue.AsDict(shown), evals=evals, cfg=cfg
         )

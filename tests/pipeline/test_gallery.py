@@ -14,7 +14,7 @@ import pytest
 from apache_beam.testing import test_pipeline
 from PIL import Image
 
-from pipeline.accounting.gallery import Gallery, GalleryConfig, sample_order
+from pipeline.accounting.gallery import BottomKPerSection, Gallery, GalleryConfig, sample_order
 from pipeline.accounting.report import main as inspect_main
 from pipeline.accounting.report import render_gallery_text, render_html
 from pipeline.curation.decontaminate import found_detail
@@ -203,6 +203,21 @@ def test_the_sample_is_the_same_whatever_the_input_order_and_changes_with_the_se
     assert [it["key"] for it in _section(other, "duplicate:near_duplicate")] != [
         it["key"] for it in _section(g, "duplicate:near_duplicate")
     ]
+
+
+def test_bottom_k_is_the_same_however_the_rows_are_split_into_bundles():
+    fn = BottomKPerSection(3)
+    rows = [(f"s{i % 2}", (sample_order(f"k{i}", 0), f"k{i}", {"i": i})) for i in range(50)]
+    expected = {
+        s: sorted((r for t, r in rows if t == s), key=lambda r: (r[0], r[1]))[:3]
+        for s in ("s0", "s1")
+    }
+    for seed in range(3):
+        shuffled = random.Random(seed).sample(rows, len(rows))
+        accs = [fn.create_accumulator() for _ in range(4)]
+        for i, row in enumerate(shuffled):
+            accs[i % (seed + 2)] = fn.add_input(accs[i % (seed + 2)], row)
+        assert fn.extract_output(fn.merge_accumulators(accs)) == expected
 
 
 def test_low_clip_score_details_read_back_as_the_score():
