@@ -8,20 +8,24 @@ cfg = run_config_from_args(args)   # RunConfig(model=..., data=..., schedule=...
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import sys
+from pathlib import Path
 
 from trainer.configs import (
     DataConfig,
     EvalConfig,
     LossConfig,
+    Recipe,
     RunConfig,
     ScheduleConfig,
     TrainConfig,
     UserError,
     check_loss,
     get_model_config,
+    get_recipe,
     list_models,
     validate_model_config,
 )
@@ -55,6 +59,12 @@ def build_train_parser() -> argparse.ArgumentParser:
     g.add_argument("--workers", type=int, default=m.workers, help="loader processes per rank")
     g.add_argument("--shuffle-buffer", type=int, default=m.shuffle_buffer)
     g.add_argument(
+        "--crop-scale",
+        type=float,
+        metavar="MIN",
+        help="random resized crops cover MIN to all of an image's area (default: the preset's)",
+    )
+    g.add_argument(
         "--max-skipped-fraction",
         type=float,
         default=m.max_skipped_fraction,
@@ -64,7 +74,7 @@ def build_train_parser() -> argparse.ArgumentParser:
         "--tokenizer",
         metavar="FILE|byte|bpe",
         help="a tokenizer.json; byte: byte-level, no merges; bpe: a byte-level BPE learnt from "
-        "the first --bpe-captions captions, saved as RUN/tokenizer.json (default: byte)",
+        "the first --bpe-captions captions, saved as RUN/tokenizer.json (default: the preset's)",
     )
     g.add_argument("--bpe-vocab-size", type=int, default=d.bpe_vocab_size, metavar="N")
     g.add_argument("--bpe-captions", type=int, default=d.bpe_captions, metavar="N")
@@ -119,10 +129,10 @@ def build_train_parser() -> argparse.ArgumentParser:
     )
     g = p.add_argument_group("optimization")
     g.add_argument("--steps", type=int, default=d.steps)
-    g.add_argument("--lr", type=float, default=o.lr)
+    g.add_argument("--lr", type=float, help="peak learning rate (default: the preset's)")
     g.add_argument("--min-lr", type=float, default=o.min_lr)
-    g.add_argument("--warmup", type=int, default=o.warmup_steps, help="warmup steps")
-    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    g.add_argument("--warmup", type=int, help="warmup steps (default: the preset's)")
+    g.add_argument("--weight-decay", type=float, help="AdamW decay (default: the preset's)")
     g.add_argument("--grad-clip", type=float, default=d.grad_clip, help="0 disables clipping")
     g.add_argument("--precision", choices=["auto", "bf16", "fp32"], default=d.precision)
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], default=d.device)
@@ -207,7 +217,32 @@ def build_train_parser() -> argparse.ArgumentParser:
     return p
 
 
+def recipe_for(args: argparse.Namespace) -> Recipe:
+    """The recipe of the preset trained: --model's, or on --resume the run's own (config.json)."""
+    name = args.model
+    saved = Path(args.output) / "config.json"
+    if args.resume and saved.is_file():
+        name = json.loads(saved.read_text())["model"]["name"]
+    return get_recipe(name)
+
+
+def fill_from_recipe(args: argparse.Namespace) -> argparse.Namespace:
+    """`args` with the flags left out set from the preset's recipe."""
+    recipe = recipe_for(args)
+    filled = {
+        "lr": recipe.lr,
+        "warmup": recipe.warmup_steps,
+        "weight_decay": recipe.weight_decay,
+        "crop_scale": recipe.crop_scale,
+        "tokenizer": recipe.tokenizer,
+    }
+    return argparse.Namespace(
+        **{**vars(args), **{k: v for k, v in filled.items() if getattr(args, k) is None}}
+    )
+
+
 def run_config_from_args(args: argparse.Namespace) -> RunConfig:
+    args = fill_from_recipe(args)
     overrides = list(args.set)
     if args.loss == "sigmoid":  # SigLIP's initial temperature 1/10 and bias -10 (--set wins)
         overrides = [f"init_logit_scale={math.log(10)}", "init_logit_bias=-10", *overrides]
@@ -262,6 +297,9 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
         val_fraction=args.val_fraction,
         val_max_samples=args.val_max_samples,
     )
+    if not 0 < args.crop_scale <= 1:
+        raise UserError(f"--crop-scale must be in (0, 1], not {args.crop_scale}")
+    data.crop_scale = (args.crop_scale, 1.0)
     schedule = ScheduleConfig(
         lr=args.lr,
         warmup_steps=args.warmup,

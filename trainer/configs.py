@@ -1,11 +1,14 @@
 """Typed configuration for training: dataclasses with a comment per field, named model presets.
 
     cfg = get_model_config("tiny", overrides=["vision.width=96", "text.causal=false"])
-    list_models()  # ['base', 'small', 'tiny', 'tiny-resnet']
+    list_models()  # ['base', 'small', 'smoke', 'tiny', 'tiny-resnet']
+    get_recipe("tiny")  # Recipe(lr=0.003, warmup_steps=50, ...): what it trains with by default
 
-`tiny` is the smoke preset (trains in seconds on a laptop CPU):
+`smoke` trains in seconds on a laptop CPU (tests); `tiny` learns on one (the CPU preset):
 
-    python -m trainer train --data 'shards/{00000..00003}.tar' --output runs/smoke --model tiny --steps 50
+    python -m trainer train --data 'shards/{00000..00003}.tar' --output runs/smoke --model smoke --steps 50
+    python -m trainer train --data 'shards/*.tar' --output runs/tiny --model tiny --batch-size 128 \\
+        --image-size 32 --workers 2 --steps 600
 
 `base` is ViT-B/16 image tower with the CLIP text transformer (the launch command of a real run):
 
@@ -36,6 +39,10 @@ class VisionConfig:
     pool: str = "cls"  # ViT pooling: "cls" token or "mean" over patches
     stages: int = 4  # ResNet stages, each halving the resolution and doubling channels
     patch_dropout: float = 0.0  # share of patches dropped at random while training (FLIP); ViT only
+    # ViT patch embedding: "patch" (one linear map of each patch, ViT) or "conv" (3x3 stride-2
+    # convolutions down to the patch grid, then 1x1: Xiao et al. 2021, "Early convolutions help
+    # transformers see better"); "conv" needs a power-of-two patch size
+    stem: str = "patch"
 
 
 @dataclass
@@ -61,6 +68,9 @@ class ModelConfig:
     init_logit_scale: float = math.log(1 / 0.07)  # CLIP's initial temperature 0.07
     max_logit_scale: float = 100.0  # exp(logit_scale) is clamped here after each step
     init_logit_bias: float | None = None  # SigLIP's learnable logit bias (-10); None: no bias
+    # weights: "clip" (standard deviations scaled by width and depth, as CLIP's) or "normal"
+    # (0.02 everywhere, what this trainer did before; kept to reproduce older runs)
+    init: str = "clip"
 
 
 @dataclass
@@ -158,15 +168,44 @@ class RunConfig:
     loss: LossConfig = field(default_factory=LossConfig)
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """How a preset trains unless the command line says otherwise (--lr, --warmup,
+    --weight-decay, --crop-scale, --tokenizer). The presets' recipes were chosen on validation
+    data, never on evaluation data (bench/RESULTS-learning.md)."""
+
+    lr: float = 5e-4  # peak learning rate
+    warmup_steps: int = 100  # linear warmup
+    weight_decay: float = 0.2  # AdamW decay of weights (not gains, biases, embeddings, scale)
+    crop_scale: float = 0.9  # random resized crops cover this share of the image, or more
+    tokenizer: str = "bpe"  # "bpe" (learnt from the first training captions), "byte", a file
+
+
 # Named model presets. Functions so every call returns fresh objects.
-def _tiny() -> ModelConfig:
+def _smoke() -> ModelConfig:
+    """For tests that need speed, not learning: a 0.24 M parameter ViT on 32 px / 8 patches."""
     return ModelConfig(
-        name="tiny",
+        name="smoke",
         embed_dim=64,
         # mean pooling: the cls token learns noticeably slower at this size
         vision=VisionConfig(image_size=32, patch_size=8, width=64, layers=2, heads=2, pool="mean"),
         text=TextConfig(context_length=32, width=64, layers=2, heads=2),
     )
+
+
+def _tiny() -> ModelConfig:
+    """The CPU preset: learns noisy web captions of 32 px digits in minutes on 2 cores.
+
+    webpairs train --data 'shards/*.tar' --output runs/tiny --model tiny --batch-size 128 \\
+        --image-size 32 --workers 2 --steps 600
+    """
+    cfg = _smoke()
+    cfg.name = "tiny"
+    # convolutions down to the 4 x 4 grid of 8 px patches: a linear map of raw 8 x 8 patches
+    # learns far less at this size (bench/RESULTS-learning.md)
+    cfg.vision.stem = "conv"
+    cfg.text.context_length = 16  # BPE tokens: web captions this short rarely lose a word
+    return cfg
 
 
 def _tiny_resnet() -> ModelConfig:
@@ -189,17 +228,29 @@ def _base() -> ModelConfig:
     return ModelConfig(name="base", embed_dim=512, vision=VisionConfig(), text=TextConfig())
 
 
-_MODELS = {"tiny": _tiny, "tiny-resnet": _tiny_resnet, "small": _small, "base": _base}
+# preset: (model, recipe)
+_MODELS = {
+    "smoke": (_smoke, Recipe(tokenizer="byte")),  # the trainer's old defaults; no BPE to learn
+    "tiny": (_tiny, Recipe(lr=3e-3, warmup_steps=50, crop_scale=0.5)),
+    "tiny-resnet": (_tiny_resnet, Recipe()),  # the demo's model; it sets its own flags
+    "small": (_small, Recipe()),
+    "base": (_base, Recipe()),
+}
 
 
 def list_models() -> list[str]:
     return sorted(_MODELS)
 
 
+def get_recipe(name: str) -> Recipe:
+    """The preset's recipe; the generic one for a model that is no preset."""
+    return _MODELS[name][1] if name in _MODELS else Recipe()
+
+
 def get_model_config(name: str, overrides: list[str] | tuple[str, ...] = ()) -> ModelConfig:
     if name not in _MODELS:
         raise UserError(f"unknown model {name!r}; known: {', '.join(list_models())}")
-    cfg = _MODELS[name]()
+    cfg = _MODELS[name][0]()
     apply_overrides(cfg, overrides)
     validate_model_config(cfg)
     return cfg
@@ -243,6 +294,8 @@ def _parse_like(current: object, raw: str, item: str) -> object:
 
 def validate_model_config(cfg: ModelConfig) -> None:
     v, t = cfg.vision, cfg.text
+    if cfg.init not in ("clip", "normal"):
+        raise UserError(f"init must be 'clip' or 'normal', not {cfg.init!r}")
     if v.kind not in ("vit", "resnet"):
         raise UserError(f"vision.kind must be 'vit' or 'resnet', not {v.kind!r}")
     check_image_size(cfg, v.image_size)
@@ -253,6 +306,10 @@ def validate_model_config(cfg: ModelConfig) -> None:
             raise UserError(f"vision.pool must be 'cls' or 'mean', not {v.pool!r}")
         if not 0 <= v.patch_dropout < 1:
             raise UserError(f"patch dropout must be in [0, 1), not {v.patch_dropout}")
+        if v.stem not in ("patch", "conv"):
+            raise UserError(f"vision.stem must be 'patch' or 'conv', not {v.stem!r}")
+        if v.stem == "conv" and (v.patch_size < 2 or v.patch_size & (v.patch_size - 1)):
+            raise UserError(f"a conv stem needs a power-of-two patch size, not {v.patch_size}")
     elif v.patch_dropout:
         raise UserError("patch dropout needs a ViT image tower (vision.kind=vit)")
     if t.width % t.heads:

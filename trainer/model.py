@@ -100,6 +100,19 @@ def drop_patches(x: torch.Tensor, keep: int) -> torch.Tensor:
     return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[2]))
 
 
+def conv_stem(width: int, patch_size: int) -> nn.Sequential:
+    """(B, 3, H, W) -> (B, width, H/p, W/p) by log2(p) 3x3 stride-2 convolutions, channels
+    doubling up to `width`, then a 1x1 one. No normalization: each sample on its own, so
+    accumulated gradients stay those of the whole batch."""
+    steps = patch_size.bit_length() - 1
+    layers, channels = [], 3
+    for i in range(steps):
+        out = max(8, width // 2 ** (steps - 1 - i))  # ..., width / 4, width / 2, width
+        layers += [nn.Conv2d(channels, out, 3, stride=2, padding=1), nn.GELU()]
+        channels = out
+    return nn.Sequential(*layers, nn.Conv2d(channels, width, 1))
+
+
 class VisionTransformer(nn.Module):
     def __init__(self, cfg: VisionConfig, embed_dim: int):
         super().__init__()
@@ -107,9 +120,12 @@ class VisionTransformer(nn.Module):
         self.patch_dropout = cfg.patch_dropout  # the training loop may change it (finetune phase)
         self.grad_checkpointing = False
         num_patches = (cfg.image_size // cfg.patch_size) ** 2
-        self.patch_embed = nn.Conv2d(
-            3, cfg.width, cfg.patch_size, stride=cfg.patch_size, bias=False
-        )
+        if cfg.stem == "conv":
+            self.patch_embed = conv_stem(cfg.width, cfg.patch_size)
+        else:
+            self.patch_embed = nn.Conv2d(
+                3, cfg.width, cfg.patch_size, stride=cfg.patch_size, bias=False
+            )
         self.cls_token = nn.Parameter(torch.randn(1, 1, cfg.width) * cfg.width**-0.5)
         self.pos_embed = nn.Parameter(torch.randn(1, num_patches + 1, cfg.width) * 0.01)
         self.ln_pre = nn.LayerNorm(cfg.width)
@@ -225,6 +241,11 @@ class CLIP(nn.Module):
         if cfg.init_logit_bias is not None:  # SigLIP
             self.logit_bias = nn.Parameter(torch.tensor([cfg.init_logit_bias]))  # (1,)
         self.apply(_init_weights)
+        if cfg.init == "clip":
+            for tower, width in ((self.visual, cfg.vision.width), (self.text, cfg.text.width)):
+                if hasattr(tower, "blocks"):  # transformers; ResNets keep PyTorch's init
+                    init_transformer(tower.blocks, width)
+                    nn.init.normal_(tower.proj.weight, std=width**-0.5)
 
     def encode_image(self, images, normalize: bool = True):  # (B, 3, H, W) -> (B, D)
         x = self.visual(images)
@@ -280,6 +301,21 @@ def _init_weights(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
     elif isinstance(module, nn.Embedding):
         nn.init.normal_(module.weight, std=0.02)
+
+
+@torch.no_grad()
+def init_transformer(blocks: nn.ModuleList, width: int) -> None:
+    """CLIP's initialization (OpenAI's, OpenCLIP's text tower): standard deviations scaled by
+    the width, and by the depth for the projections back into the residual stream. A fixed
+    0.02 is this at width ~2,500: at width 64 it starts every signal ~6x too small, and small
+    models then spend hundreds of steps before they learn anything (bench/RESULTS-learning.md)."""
+    attn_std, fc_std = width**-0.5, (2 * width) ** -0.5
+    proj_std = width**-0.5 * (2 * len(blocks)) ** -0.5
+    for block in blocks:
+        nn.init.normal_(block.attn.qkv.weight, std=attn_std)
+        nn.init.normal_(block.attn.proj.weight, std=proj_std)
+        nn.init.normal_(block.mlp.fc.weight, std=fc_std)
+        nn.init.normal_(block.mlp.proj.weight, std=proj_std)
 
 
 def create_model(name: str, **overrides) -> CLIP:

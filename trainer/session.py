@@ -47,7 +47,7 @@ from trainer.validation import in_validation
 
 log = logging.getLogger(__name__)
 
-# what a run without --tokenizer uses (bench/RESULTS-learning.md measures the choice)
+# a TrainConfig without a tokenizer (built in code); the command line takes the preset's recipe
 DEFAULT_TOKENIZER = "byte"
 
 

@@ -41,9 +41,9 @@ def noisy_digits(folder: Path, n: int) -> Path:
 
 
 def train(data: Path, run: Path) -> Path:
-    """`python -m trainer train`, as a user runs it: a tiny model, a few steps. -> checkpoint."""
+    """`python -m trainer train`, as a user runs it: a small model, a few steps. -> checkpoint."""
     cmd = [sys.executable, "-m", "trainer", "train", "--data", str(data), "--output", str(run)]
-    cmd += ["--model", "tiny", "--steps", "6", "--batch-size", "16", "--workers", "0"]
+    cmd += ["--model", "smoke", "--steps", "6", "--batch-size", "16", "--workers", "0"]
     cmd += ["--threads", "1", "--log-every", "3", "--seed", "0"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -16,9 +16,10 @@ from trainer.session import build_model
 B = 8
 
 
-def model_and_batch(preset="tiny", **overrides):
+def model_and_batch(preset="smoke", **overrides):
     torch.manual_seed(0)
-    model = create_model(preset, **{"text.vocab_size": 259, **overrides}).double()
+    model = create_model(preset, **{"text.vocab_size": 259, "text.context_length": 32, **overrides})
+    model = model.double()
     images = torch.randn(B, 3, 32, 32, dtype=torch.float64)
     texts = torch.randint(3, 259, (B, 32))
     texts[torch.arange(B), torch.randint(5, 30, (B,))] = 2

@@ -68,7 +68,7 @@ def test_rng_states_round_trip_through_a_checkpoint(tmp_path):
 
 def test_a_checkpoint_with_a_0_dim_logit_scale_still_resumes(tmp_path):
     torch.manual_seed(0)
-    model = create_model("tiny", **{"text.vocab_size": 259})
+    model = create_model("smoke", **{"text.vocab_size": 259})
     optimizer = make_optimizer(model, TrainConfig())
     images, texts = torch.randn(2, 3, 32, 32), torch.randint(3, 259, (2, 32))
     model(images, texts)[2].sum().backward()
@@ -80,7 +80,7 @@ def test_a_checkpoint_with_a_0_dim_logit_scale_still_resumes(tmp_path):
             state["exp_avg"], state["exp_avg_sq"] = (
                 state[k].reshape(()) for k in ("exp_avg", "exp_avg_sq")
             )
-    fresh = create_model("tiny", **{"text.vocab_size": 259})
+    fresh = create_model("smoke", **{"text.vocab_size": 259})
     fresh_optimizer = make_optimizer(fresh, TrainConfig())
     restore_training_state(fresh, fresh_optimizer, old)
     assert fresh.logit_scale.shape == (1,)

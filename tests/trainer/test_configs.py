@@ -3,7 +3,7 @@ import math
 import pytest
 
 from trainer.cli import build_train_parser, run_config_from_args
-from trainer.configs import ScheduleConfig, UserError, get_model_config, list_models
+from trainer.configs import ScheduleConfig, UserError, get_model_config, get_recipe, list_models
 from trainer.schedule import lr_at
 
 
@@ -34,7 +34,7 @@ def test_bad_overrides_are_user_errors(overrides, message):
 
 
 def test_unknown_model_lists_the_known_ones():
-    with pytest.raises(UserError, match="known: base, small, tiny"):
+    with pytest.raises(UserError, match="known: base, small, smoke, tiny"):
         get_model_config("huge")
 
 
@@ -81,3 +81,26 @@ def test_schedule_warms_up_linearly_then_follows_a_cosine():
     values = [lr_at(s, cfg) for s in range(10, 111)]
     assert all(a >= b for a, b in zip(values, values[1:]))
     assert not math.isnan(lr_at(0, ScheduleConfig(warmup_steps=0, total_steps=0)))
+
+
+def test_a_preset_trains_with_its_recipe_unless_flags_say_otherwise(tmp_path):
+    def parse(*extra):
+        argv = ["--data", "a.tar", "--output", str(tmp_path / "run"), *extra]
+        return run_config_from_args(build_train_parser().parse_args(argv))
+
+    tiny, recipe = parse("--model", "tiny"), get_recipe("tiny")
+    assert (tiny.schedule.lr, tiny.schedule.warmup_steps) == (recipe.lr, recipe.warmup_steps)
+    assert tiny.data.crop_scale == (recipe.crop_scale, 1.0) and tiny.train.tokenizer == "bpe"
+    assert tiny.train.weight_decay == recipe.weight_decay
+    smoke = parse("--model", "smoke")
+    assert smoke.train.tokenizer == "byte" and smoke.schedule.lr == get_recipe("smoke").lr
+    given = parse("--model", "tiny", "--lr", "1e-4", "--crop-scale", "1", "--tokenizer", "byte")
+    assert (given.schedule.lr, given.data.crop_scale, given.train.tokenizer) == (
+        1e-4,
+        (1, 1),
+        "byte",
+    )
+    # resuming a tiny run without --model: still tiny's recipe, from the run's config.json
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text('{"model": {"name": "tiny"}}')
+    assert parse("--resume", "latest", "--model", "smoke").schedule.lr == recipe.lr

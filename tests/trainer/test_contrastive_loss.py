@@ -31,7 +31,7 @@ def test_clip_loss_is_symmetric_cross_entropy_over_the_batch():
 
 def model_and_batch():
     torch.manual_seed(0)
-    model = create_model("tiny", **{"text.vocab_size": 259}).double()
+    model = create_model("smoke", **{"text.vocab_size": 259}).double()
     images = torch.randn(GLOBAL_BATCH, 3, 32, 32, dtype=torch.float64)
     texts = torch.randint(3, 259, (GLOBAL_BATCH, 32))
     texts[torch.arange(GLOBAL_BATCH), torch.randint(5, 30, (GLOBAL_BATCH,))] = 2

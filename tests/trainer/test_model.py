@@ -3,13 +3,13 @@ import math
 import pytest
 import torch
 
-from trainer.configs import get_model_config
+from trainer.configs import UserError, get_model_config
 from trainer.model import CLIP, create_model
 
 
 def tiny(**overrides) -> CLIP:
     torch.manual_seed(0)
-    return create_model("tiny", **{"text.vocab_size": 259, **overrides})
+    return create_model("smoke", **{"text.vocab_size": 259, **overrides})
 
 
 @pytest.mark.parametrize(
@@ -26,6 +26,31 @@ def test_towers_map_to_unit_vectors_of_embed_dim(overrides):
     assert torch.allclose(image_features.norm(dim=-1), torch.ones(3))
     assert torch.allclose(text_features.norm(dim=-1), torch.ones(3))
     assert scale.item() == pytest.approx(1 / 0.07, rel=1e-5)
+
+
+@pytest.mark.parametrize("patch", [2, 4, 8])
+def test_conv_stem_reaches_the_patch_grid_with_convolutions(patch):
+    model = tiny(**{"vision.stem": "conv", "vision.patch_size": patch})
+    stem = model.visual.patch_embed
+    assert [m.stride[0] for m in stem if isinstance(m, torch.nn.Conv2d)] == [2] * (
+        patch.bit_length() - 1
+    ) + [1]
+    assert stem(torch.randn(2, 3, 32, 32)).shape == (2, 64, 32 // patch, 32 // patch)
+    assert model.encode_image(torch.randn(2, 3, 32, 32)).shape == (2, 64)
+    with pytest.raises(UserError, match="power-of-two"):
+        get_model_config(
+            "tiny", ["vision.stem=conv", "vision.patch_size=6", "vision.image_size=36"]
+        )
+
+
+def test_clip_init_scales_with_width_and_depth():
+    block = tiny().text.blocks[0]  # width 64, 2 layers
+    assert block.attn.qkv.weight.std().item() == pytest.approx(64**-0.5, rel=0.1)
+    assert block.mlp.fc.weight.std().item() == pytest.approx(128**-0.5, rel=0.1)
+    assert block.attn.proj.weight.std().item() == pytest.approx(64**-0.5 / 2, rel=0.1)
+    assert tiny(init="normal").text.blocks[0].attn.qkv.weight.std().item() == pytest.approx(
+        0.02, rel=0.1
+    )
 
 
 def test_resnet_image_tower():

@@ -23,7 +23,7 @@ def train_args(shards, run_dir, *extra):
         "--output",
         str(run_dir),
         "--model",
-        "tiny",
+        "smoke",
         "--batch-size",
         "8",
         "--workers",

@@ -11,7 +11,7 @@ from trainer.schedule import in_finetune_phase, input_sizes_at
 
 def tiny(**overrides):
     torch.manual_seed(0)
-    return create_model("tiny", **{"text.vocab_size": 259, **overrides}).double()
+    return create_model("smoke", **{"text.vocab_size": 259, **overrides}).double()
 
 
 def batch(n=4, size=32, tokens=32):
@@ -58,13 +58,14 @@ def test_lower_resolution_and_shorter_captions_run_through_the_full_size_model()
     assert model.visual.pos_embed.grad.abs().sum() > 0  # trained through the interpolation
 
 
-@pytest.mark.parametrize("preset", ["tiny", "tiny-resnet"])
+@pytest.mark.parametrize("preset", ["smoke", "tiny", "tiny-resnet"])
 def test_checkpointed_blocks_give_the_same_gradients(preset):
     images, texts = batch()
     grads = []
     for checkpointing in (False, True):
         torch.manual_seed(0)
-        model = create_model(preset, **{"text.vocab_size": 259}).double()
+        model = create_model(preset, **{"text.vocab_size": 259, "text.context_length": 32})
+        model = model.double()
         model.set_grad_checkpointing(checkpointing)
         image_features, text_features, scale = model(images, texts)
         (scale * image_features @ text_features.T).logsumexp(dim=1).sum().backward()
@@ -74,7 +75,7 @@ def test_checkpointed_blocks_give_the_same_gradients(preset):
 
 
 def test_input_sizes_switch_to_the_models_at_the_finetune_step():
-    model = get_model_config("tiny")  # 32 px, 32 tokens
+    model = get_model_config("smoke")  # 32 px, 32 tokens
     schedule = ScheduleConfig(finetune_at=90, image_size=16, context_length=8)
     assert input_sizes_at(0, schedule, model) == (16, 8)
     assert input_sizes_at(89, schedule, model) == (16, 8) and not in_finetune_phase(89, schedule)

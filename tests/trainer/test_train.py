@@ -27,7 +27,7 @@ def args(shards, run_dir, *extra):
         "--output",
         str(run_dir),
         "--model",
-        "tiny",
+        "smoke",
         "--batch-size",
         "8",
         "--workers",

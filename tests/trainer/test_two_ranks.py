@@ -51,7 +51,7 @@ def model_and_batch(kind="infonce", seed=0):
     sigmoid = (
         {"init_logit_bias": -10, "init_logit_scale": math.log(10)} if kind == "sigmoid" else {}
     )
-    model = create_model("tiny", **{"text.vocab_size": 259, **sigmoid}).double()
+    model = create_model("smoke", **{"text.vocab_size": 259, **sigmoid}).double()
     torch.manual_seed(seed)
     images = torch.randn(GLOBAL_BATCH, 3, 32, 32, dtype=torch.float64)
     texts = torch.randint(3, 259, (GLOBAL_BATCH, 32))
