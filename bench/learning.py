@@ -479,20 +479,32 @@ def report(args) -> None:
     rows = [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        key = (r["evaluated_on"], r["trainer"], r["name"], r["steps"], r["batch_size"], r["commit"])
+        key = (r["evaluated_on"], r["trainer"], r["name"], r["steps"], r["batch_size"])
         groups.setdefault(key, []).append(r)
     print(
-        "| evaluated on | trainer | setting | steps | batch | seeds | top-1 mean | min-max | s/run | commit |"
+        "| evaluated on | trainer | setting | seeds | top-1 default prompts | top-1 caption "
+        "prompts | s/run | commits |"
     )
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|---|")
-    for (on, trainer, name, steps, batch, sha), rs in groups.items():
-        top = [r["top1"] for r in rs]
-        mean = statistics.mean(top)
-        secs = statistics.mean(r["seconds"] for r in rs)
+    print("|---|---|---|---:|---:|---:|---:|---|")
+    for (on, trainer, name, _, _), rs in groups.items():
+        default = [r["top1"] for r in rs]
+        captions = [r["top1_caption_prompts"] for r in rs]
+        secs = [r["seconds"] for r in rs if r.get("seconds")]
+        commits = ", ".join(sorted({r["commit"] for r in rs}))
         print(
-            f"| {on} | {trainer} | {name} | {steps} | {batch} | {len(rs)} | {mean:.3f} | "
-            f"{min(top):.3f}-{max(top):.3f} | {secs:.0f} | {sha} |"
+            f"| {on} | {trainer} | {name} | {len(rs)} | {spread(default)} | {spread(captions)} | "
+            f"{statistics.mean(secs):.0f} | {commits} |"
+            if secs
+            else f"| {on} | {trainer} | {name} | {len(rs)} | {spread(default)} | "
+            f"{spread(captions)} | | {commits} |"
         )
+
+
+def spread(values: list[float]) -> str:
+    """mean (min-max)"""
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ({min(values):.3f}-{max(values):.3f})"
 
 
 def main() -> None:

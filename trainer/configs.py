@@ -209,8 +209,10 @@ def _tiny() -> ModelConfig:
 
 
 def _tiny_resnet() -> ModelConfig:
-    cfg = _tiny()
+    """The demo's model, as the demo's settings were chosen with it (bench/demo.py)."""
+    cfg = _smoke()
     cfg.name = "tiny-resnet"
+    cfg.init = "normal"
     cfg.vision = VisionConfig(kind="resnet", image_size=32, width=16, layers=1, stages=3)
     return cfg
 
