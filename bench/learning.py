@@ -256,6 +256,8 @@ def ours(args) -> None:
                 "seed": seed,
                 "evaluated_on": info["evaluated_on"],
                 "top1": default["top-1"],
+                "default_templates": default["prompts"]["templates"],
+                "default_templates_from": default["prompts"].get("templates_from"),
                 "top1_caption_prompts": from_captions["top-1"],
                 "caption_templates": from_captions["prompts"]["templates"],
                 "final_loss": last.get("loss"),

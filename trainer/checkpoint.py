@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT_VERSION = 1
 _NAME = re.compile(r"^step-(\d{8})\.(pt|dcp)$")
 META = "meta.pt"  # in a .dcp folder: everything but the model and optimizer tensors
+CAPTIONS_FILE = "captions.txt"  # in a run folder: the first training captions, one a line
 
 
 class CheckpointError(UserError):
@@ -60,6 +61,15 @@ class CheckpointError(UserError):
 
 def checkpoint_dir(run_dir: str | os.PathLike) -> Path:
     return Path(run_dir) / "checkpoints"
+
+
+def run_captions(spec: str) -> Path | None:
+    """RUN/captions.txt of the run a checkpoint (RUN/checkpoints/step-N.pt) or run folder
+    belongs to, if that run recorded its training captions."""
+    path = resolve_checkpoint(spec)
+    run_dir = path.parent.parent if path.parent.name == "checkpoints" else Path(spec)
+    captions = run_dir / CAPTIONS_FILE
+    return captions if captions.is_file() else None
 
 
 def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:

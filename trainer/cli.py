@@ -14,6 +14,7 @@ import math
 import sys
 from pathlib import Path
 
+from trainer.checkpoint import CAPTIONS_FILE
 from trainer.configs import (
     DataConfig,
     EvalConfig,
@@ -346,6 +347,7 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
         classnames=args.classnames,
         templates=args.templates,
         templates_from=args.templates_from,
+        captions=str(Path(args.output) / CAPTIONS_FILE),  # written at start (session.py)
         retrieval=args.retrieval,
         every=args.eval_every,
     )

@@ -122,6 +122,9 @@ class EvalConfig:
     templates_from: str | None = (
         None  # shards whose captions give the templates (trainer/prompts.py)
     )
+    # without templates or templates_from: a file of training captions (RUN/captions.txt) the
+    # templates come from; the default ensemble when none or no caption names a class
+    captions: str | None = None
     retrieval: str | None = None  # shards of image-caption pairs for recall@K
     batch_size: int = 64  # images per forward pass
     every: int = 0  # evaluate every N training steps (0: only when asked on the command line)

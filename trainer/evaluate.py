@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from schemas.imagehash import DECODE_ERRORS
 from schemas.sample import IMAGE_EXTENSIONS, image_extension
-from trainer.checkpoint import load_model
+from trainer.checkpoint import load_model, run_captions
 from trainer.configs import EvalConfig, UserError
 from trainer.distributed import pick_device
 from trainer.prompts import (
@@ -187,7 +187,8 @@ def retrieval_recall(model, tokenizer, spec, image_size, batch_size, device, ks=
 
 def zeroshot_prompts(cfg: EvalConfig) -> tuple[Prompts, Iterator[tuple[bytes, int]]]:
     """The prompts of `cfg` and its labelled images. Templates: --templates, else those the
-    captions of --templates-from name classes with, else the default ensemble."""
+    captions of --templates-from name classes with, else those of the run's own training
+    captions (RUN/captions.txt), else the default ensemble."""
     root = Path(cfg.zeroshot)
     if root.is_dir():
         classnames, items = labelled_folder(root, read_classnames(cfg.classnames))
@@ -196,11 +197,23 @@ def zeroshot_prompts(cfg: EvalConfig) -> tuple[Prompts, Iterator[tuple[bytes, in
         if not classnames:
             raise UserError("--classnames is needed for labelled shards")
     templates = read_list(cfg.templates)
-    if templates is None and cfg.templates_from:
-        templates = templates_from_captions(shard_captions([cfg.templates_from]), classnames)
-        if not templates:
-            log.warning("no caption of %s names a class: default templates", cfg.templates_from)
-    return Prompts(classnames, templates or list(DEFAULT_TEMPLATES)), items
+    if templates is not None:
+        return Prompts(classnames, templates, f"--templates {cfg.templates}"), items
+    if cfg.templates_from:
+        source, captions = (
+            f"--templates-from {cfg.templates_from}",
+            shard_captions([cfg.templates_from]),
+        )
+    elif cfg.captions and Path(cfg.captions).is_file():
+        source = f"the training captions in {cfg.captions}"
+        captions = Path(cfg.captions).read_text().splitlines()
+    else:
+        return Prompts(classnames, list(DEFAULT_TEMPLATES)), items
+    templates = templates_from_captions(captions, classnames)
+    if not templates:
+        log.warning("no caption of %s names a class: default templates", source)
+        return Prompts(classnames, list(DEFAULT_TEMPLATES)), items
+    return Prompts(classnames, templates, source), items
 
 
 def evaluate(
@@ -282,6 +295,9 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError("nothing to evaluate: give --zeroshot and/or --retrieval")
         device = pick_device(args.device)
         model, tokenizer = load_model(args.checkpoint, device)
+        if cfg.zeroshot and not (cfg.templates or cfg.templates_from):
+            captions = run_captions(args.checkpoint)
+            cfg.captions = str(captions) if captions else None
         details: dict = {}
         results = evaluate(model, tokenizer, cfg, model.cfg.vision.image_size, device, details)
         if args.details:
@@ -292,6 +308,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:  # the prompts too: a top-1 means little without them
         print(json.dumps({**results, **({"prompts": details["prompts"]} if cfg.zeroshot else {})}))
     else:
+        if cfg.zeroshot:  # on stderr: stdout stays "name value" lines
+            prompts = details["prompts"]
+            print(
+                f"zero-shot templates ({prompts['templates_from']}): "
+                + " | ".join(prompts["templates"]),
+                file=sys.stderr,
+            )
         for name, value in results.items():
             print(f"{name} {value:.4f}" if isinstance(value, float) else f"{name} {value}")
     return 0

@@ -38,6 +38,7 @@ DEFAULT_TEMPLATES = (
 class Prompts:
     classnames: list[list[str]]  # per class, its names; the first one labels the class
     templates: list[str]  # each with one "{}" where a name goes
+    source: str = "default"  # where the templates came from (a file, shards, the run's captions)
 
     def __post_init__(self):
         if any("{}" not in t for t in self.templates):
@@ -53,7 +54,11 @@ class Prompts:
         return [names[0] for names in self.classnames]
 
     def to_dict(self) -> dict:
-        return {"classnames": self.classnames, "templates": list(self.templates)}
+        return {
+            "classnames": self.classnames,
+            "templates": list(self.templates),
+            "templates_from": self.source,
+        }
 
 
 def read_list(spec: str | None) -> list[str] | None:

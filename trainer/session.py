@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from trainer.checkpoint import (
+    CAPTIONS_FILE,
     capture_rng,
     full_model_state,
     load_checkpoint,
@@ -134,9 +135,26 @@ def tokenizer_for(tokenizer: CaptionTokenizer, context_length: int) -> CaptionTo
     return CaptionTokenizer(tokenizer.tokenizer, context_length)
 
 
-def initial_tokenizer(cfg: RunConfig, world: World, context_length: int) -> CaptionTokenizer:
+def training_captions(cfg: RunConfig) -> list[str]:
+    """The first --bpe-captions training captions (never validation pairs), written to
+    RUN/captions.txt: what the BPE learns from and what `webpairs eval` takes its default
+    zero-shot templates from (trainer/prompts.py). Rank 0 only."""
+    fraction = cfg.data.val_fraction
+    held_out = (lambda key: in_validation(key, fraction)) if fraction else None
+    captions = [
+        " ".join(c.split()) for c in shard_captions(cfg.data.data, cfg.train.bpe_captions, held_out)
+    ]
+    path = Path(cfg.train.output) / CAPTIONS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(c + "\n" for c in captions))
+    return captions
+
+
+def initial_tokenizer(
+    cfg: RunConfig, world: World, context_length: int, captions: list[str] | None = None
+) -> CaptionTokenizer:
     """--tokenizer FILE, "byte" (256 bytes, no merges) or "bpe": a byte-level BPE that rank 0
-    learns from the first --bpe-captions training captions (never validation pairs), written
+    learns from `captions` (the first training captions, never validation pairs), written
     to RUN/tokenizer.json and handed to every rank."""
     t = cfg.train
     kind = t.tokenizer or DEFAULT_TOKENIZER
@@ -146,9 +164,8 @@ def initial_tokenizer(cfg: RunConfig, world: World, context_length: int) -> Capt
         return CaptionTokenizer(byte_tokenizer(), context_length)
     text = None
     if world.is_main:
-        fraction = cfg.data.val_fraction
-        held_out = (lambda key: in_validation(key, fraction)) if fraction else None
-        captions = list(shard_captions(cfg.data.data, t.bpe_captions, held_out))
+        if captions is None:
+            captions = training_captions(cfg)
         text = train_tokenizer(captions, t.bpe_vocab_size).to_str()
         path = Path(t.output) / "tokenizer.json"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -174,7 +191,8 @@ def setup(cfg: RunConfig, world: World) -> Session:
     if saved is not None:
         tokenizer = CaptionTokenizer.from_json(saved["tokenizer"], context_length)
     else:
-        tokenizer = initial_tokenizer(cfg, world, context_length)
+        captions = training_captions(cfg) if world.is_main else None
+        tokenizer = initial_tokenizer(cfg, world, context_length, captions)
     model_cfg = resolve_model_config(cfg, model_cfg, tokenizer)
     data = data_at(saved["step"] if saved else 0, cfg.schedule, cfg.data, model_cfg)
 
