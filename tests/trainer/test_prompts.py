@@ -1,6 +1,8 @@
 """Zero-shot prompts: several names per class, templates learnt from captions, and the prompts
 recorded beside the figures they gave."""
 
+import json
+
 import pytest
 import torch
 
@@ -49,3 +51,69 @@ def test_templates_from_captions_keep_the_phrasings_shared_by_classes():
     assert templates_from_captions(captions, names) == ["a handwritten digit {}", "digit {}"]
     assert templates_from_captions(captions, names, limit=1) == ["a handwritten digit {}"]
     assert templates_from_captions(["nothing here"], names) == []
+
+
+def test_eval_takes_its_default_templates_from_the_training_captions_never_validation_pairs(
+    tmp_path, make_shards, capsys
+):
+    from tests.trainer.conftest import NAMES, digit_image, digit_samples, write_shards
+    from trainer.cli import main as train_main
+    from trainer.evaluate import main as eval_main
+    from trainer.validation import in_validation
+
+    samples = digit_samples(64)
+    for s in samples:  # validation pairs are captioned in a phrasing of their own
+        name = s["txt"].rsplit(" ", 1)[1]
+        s["txt"] = f"held out {name}" if in_validation(s["__key__"], 0.5) else f"my {name} drawn"
+    shards = write_shards(tmp_path / "shards", samples, per_shard=16)
+
+    def train(run_dir, *extra):
+        argv = ["--data", f"{shards[0].parent}/*.tar", "--output", str(run_dir), "--steps", "1"]
+        argv += ["--model", "smoke", "--batch-size", "8", "--workers", "0", *extra]
+        assert train_main(argv) == 0
+
+    run_dir = tmp_path / "run"
+    train(run_dir)
+    train(tmp_path / "val", "--val-fraction", "0.5")  # validation pairs: not recorded
+    recorded = (tmp_path / "val" / "captions.txt").read_text().splitlines()
+    training = [s["txt"] for s in samples if not in_validation(s["__key__"], 0.5)]
+    assert recorded == training and 16 <= len(training) <= 48
+    assert any(
+        c.startswith("held out") for c in (run_dir / "captions.txt").read_text().splitlines()
+    )
+
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    for i in range(20):  # a folder per class name
+        folder = tmp_path / "heldout" / NAMES[digits.target[i]]
+        folder.mkdir(parents=True, exist_ok=True)
+        digit_image(digits.images[i]).save(folder / f"{i}.png")
+    evaluate = ["--zeroshot", str(tmp_path / "heldout"), "--json"]
+    capsys.readouterr()
+    assert eval_main(["--checkpoint", str(tmp_path / "val"), *evaluate]) == 0
+    prompts = json.loads(capsys.readouterr().out.splitlines()[-1])["prompts"]
+    assert prompts["templates"] == ["my {} drawn"]  # never "held out {}"
+    assert prompts["templates_from"].endswith("captions.txt")
+    checkpoint = next((run_dir / "checkpoints").glob("step-*.pt"))
+    assert eval_main(["--checkpoint", str(checkpoint), *evaluate]) == 0  # a checkpoint file too
+    prompts = json.loads(capsys.readouterr().out.splitlines()[-1])["prompts"]
+    assert set(prompts["templates"]) == {"my {} drawn", "held out {}"}
+    (tmp_path / "templates.txt").write_text("a {} by hand\n")  # given templates come first
+    assert (
+        eval_main(
+            [
+                "--checkpoint",
+                str(run_dir),
+                *evaluate,
+                "--templates",
+                str(tmp_path / "templates.txt"),
+            ]
+        )
+        == 0
+    )
+    prompts = json.loads(capsys.readouterr().out.splitlines()[-1])["prompts"]
+    assert prompts["templates"] == ["a {} by hand"]
+    (run_dir / "captions.txt").unlink()  # a run without them: the default ensemble
+    assert eval_main(["--checkpoint", str(run_dir), *evaluate[:-1]]) == 0
+    assert "zero-shot templates (default)" in capsys.readouterr().err
