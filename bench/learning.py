@@ -241,6 +241,7 @@ def ours(args) -> None:
             ["--classnames", str(names), "--templates-from", shards, *args.eval_extra],
             env,
         )
+        ensemble = zeroshot(run, folder, ["--templates", ensemble_file(), *args.eval_extra], env)
         records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         last = [r for r in records if "loss" in r][-1]
         curve = {r["step"]: r["eval/top-1"] for r in records if "eval/top-1" in r}
@@ -258,6 +259,7 @@ def ours(args) -> None:
                 "top1": default["top-1"],
                 "default_templates": default["prompts"]["templates"],
                 "default_templates_from": default["prompts"].get("templates_from"),
+                "top1_ensemble": ensemble["top-1"],
                 "top1_caption_prompts": from_captions["top-1"],
                 "caption_templates": from_captions["prompts"]["templates"],
                 "final_loss": last.get("loss"),
@@ -267,6 +269,15 @@ def ours(args) -> None:
                 "command": " ".join(cmd[2:]),
             }
         )
+
+
+def ensemble_file() -> str:
+    """The default ensemble (DEFAULT_TEMPLATES) as a --templates file: what `webpairs eval`
+    uses when a run recorded no captions naming the classes."""
+    path = OUT / "ensemble-templates.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(DEFAULT_TEMPLATES) + "\n")
+    return str(path)
 
 
 def zeroshot(run: Path, folder: Path, extra: list[str], env: dict) -> dict:
@@ -296,11 +307,12 @@ def prompts(args) -> None:
     shards = str(data_dir / "shards/*.tar")
     photo = OUT / "photo-templates.txt"
     photo.write_text("\n".join(PHOTO_TEMPLATES) + "\n")
+    ensemble = ensemble_file()
     sets = {
         "photo templates, folder names": ["--templates", str(photo)],
-        "default ensemble, folder names": [],
-        "default ensemble, word|numeral": ["--classnames", names],
-        "from captions, folder names": ["--templates-from", shards],
+        "ensemble, folder names": ["--templates", ensemble],
+        "ensemble, word|numeral": ["--classnames", names, "--templates", ensemble],
+        "default: the run's training captions, folder names": [],
         "from captions, word|numeral": ["--classnames", names, "--templates-from", shards],
     }
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -376,14 +388,18 @@ def openclip(args) -> None:
         checkpoint = logs / name / "checkpoints" / f"epoch_{epochs}.pt"
         folder, names = eval_folder(data_dir), data_dir / "classnames.txt"
         results = {}
-        for kind, templates in (
-            ("default", None),
-            ("caption_prompts", caption_templates(data_dir)),
-        ):
+        # the prompts `webpairs eval` would use: templates from the training captions with the
+        # folder names (its default), the ensemble, those templates over "seven|7" names
+        for kind, flags in (
+            ("default", ["--templates", caption_templates(data_dir, folders=True)]),
+            ("ensemble", []),
+            ("caption_prompts", ["--classnames", str(names), "--templates",
+                                 caption_templates(data_dir)]),
+        ):  # fmt: skip
             out = subprocess.run(
                 [args.python, __file__, "openclip-eval", "--configs", str(configs),
                  "--model", args.model, "--checkpoint", str(checkpoint), "--folder", str(folder),
-                 *(["--classnames", str(names), "--templates", templates] if templates else [])],
+                 *flags],
                 check=True, capture_output=True, text=True,
             )  # fmt: skip
             results[kind] = json.loads(out.stdout.strip().splitlines()[-1])["top-1"]
@@ -398,6 +414,7 @@ def openclip(args) -> None:
                 "seed": seed,
                 "evaluated_on": info["evaluated_on"],
                 "top1": results["default"],
+                "top1_ensemble": results["ensemble"],
                 "top1_caption_prompts": results["caption_prompts"],
                 "seconds": round(seconds, 1),
                 "command": " ".join(cmd[3:]),
@@ -405,15 +422,18 @@ def openclip(args) -> None:
         )
 
 
-def caption_templates(data_dir: Path) -> str:
+def caption_templates(data_dir: Path, folders: bool = False) -> str:
     """The templates our `--templates-from` derives from the training captions, as a file (so
-    that both trainers are evaluated with the very same prompts)."""
+    that both trainers are evaluated with the very same prompts): for the "word|numeral" class
+    names, or (`folders`) for the folder names, as `webpairs eval` does by default."""
     from trainer.prompts import read_classnames, templates_from_captions
     from trainer.tokenizer import shard_captions
 
     names = read_classnames(str(data_dir / "classnames.txt"))
+    if folders:
+        names = [[n[0]] for n in names]
     templates = templates_from_captions(shard_captions([str(data_dir / "shards/*.tar")]), names)
-    path = data_dir / "caption-templates.txt"
+    path = data_dir / (("folder-" if folders else "") + "caption-templates.txt")
     path.write_text("\n".join(templates) + "\n")
     return str(path)
 
@@ -484,26 +504,27 @@ def report(args) -> None:
         key = (r["evaluated_on"], r["trainer"], r["name"], r["steps"], r["batch_size"])
         groups.setdefault(key, []).append(r)
     print(
-        "| evaluated on | trainer | setting | seeds | top-1 default prompts | top-1 caption "
-        "prompts | s/run | commits |"
+        "| evaluated on | trainer | setting | seeds | top-1, default prompts | top-1, ensemble "
+        "| top-1, captions' templates, word\\|numeral | s/run | commits |"
     )
-    print("|---|---|---|---:|---:|---:|---:|---|")
+    print("|---|---|---|---:|---:|---:|---:|---:|---|")
     for (on, trainer, name, _, _), rs in groups.items():
-        default = [r["top1"] for r in rs]
-        captions = [r["top1_caption_prompts"] for r in rs]
+        columns = [
+            spread([r[k] for r in rs if k in r])
+            for k in ("top1", "top1_ensemble", "top1_caption_prompts")
+        ]
         secs = [r["seconds"] for r in rs if r.get("seconds")]
         commits = ", ".join(sorted({r["commit"] for r in rs}))
+        seconds = f"{statistics.mean(secs):.0f}" if secs else ""
         print(
-            f"| {on} | {trainer} | {name} | {len(rs)} | {spread(default)} | {spread(captions)} | "
-            f"{statistics.mean(secs):.0f} | {commits} |"
-            if secs
-            else f"| {on} | {trainer} | {name} | {len(rs)} | {spread(default)} | "
-            f"{spread(captions)} | | {commits} |"
+            f"| {on} | {trainer} | {name} | {len(rs)} | {' | '.join(columns)} | {seconds} | {commits} |"
         )
 
 
 def spread(values: list[float]) -> str:
     """mean (min-max)"""
+    if not values:
+        return ""
     if len(values) == 1:
         return f"{values[0]:.3f}"
     return f"{statistics.mean(values):.3f} ({min(values):.3f}-{max(values):.3f})"
