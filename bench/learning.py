@@ -245,6 +245,10 @@ def ours(args) -> None:
         records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         last = [r for r in records if "loss" in r][-1]
         curve = {r["step"]: r["eval/top-1"] for r in records if "eval/top-1" in r}
+        # training speed after the first logged step (start-up, tokenizer and workers excluded)
+        timed = [r for r in records if "loss" in r]
+        rate = (timed[-1]["step"] - timed[0]["step"]) * args.batch_size
+        rate /= timed[-1]["time"] - timed[0]["time"]
         record(
             {
                 "trainer": "webpairs",
@@ -266,9 +270,19 @@ def ours(args) -> None:
                 "final_batch_accuracy": last.get("batch_accuracy"),
                 "eval_curve": curve,
                 "seconds": round(seconds, 1),
+                "samples_per_s": round(rate, 1),
+                "parameters": parameters(run),
                 "command": " ".join(cmd[2:]),
             }
         )
+
+
+def parameters(run: Path) -> int:
+    """The trained model's parameter count (the vocabulary is the run's tokenizer's)."""
+    from trainer.checkpoint import load_model
+
+    model, _ = load_model(str(run), "cpu")
+    return sum(p.numel() for p in model.parameters())
 
 
 def ensemble_file() -> str:
