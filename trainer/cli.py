@@ -160,9 +160,8 @@ def build_train_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--positives",
         choices=["pairs", "captions"],
-        default=loss.positives,
         help="captions: samples of the batch with identical captions are positives of each "
-        "other (InfoNCE), not negatives",
+        "other (InfoNCE), not negatives (default: the preset's; pairs for --loss sigmoid)",
     )
     g.add_argument(
         "--accum-steps",
@@ -236,6 +235,7 @@ def fill_from_recipe(args: argparse.Namespace) -> argparse.Namespace:
         "weight_decay": recipe.weight_decay,
         "crop_scale": recipe.crop_scale,
         "tokenizer": recipe.tokenizer,
+        "positives": recipe.positives if args.loss == "infonce" else "pairs",
     }
     return argparse.Namespace(
         **{**vars(args), **{k: v for k, v in filled.items() if getattr(args, k) is None}}

@@ -174,7 +174,7 @@ class RunConfig:
 @dataclass(frozen=True)
 class Recipe:
     """How a preset trains unless the command line says otherwise (--lr, --warmup,
-    --weight-decay, --crop-scale, --tokenizer). The presets' recipes were chosen on validation
+    --weight-decay, --crop-scale, --tokenizer, --positives). The presets' recipes were chosen on validation
     data, never on evaluation data (bench/RESULTS-learning.md)."""
 
     lr: float = 5e-4  # peak learning rate
@@ -182,6 +182,7 @@ class Recipe:
     weight_decay: float = 0.2  # AdamW decay of weights (not gains, biases, embeddings, scale)
     crop_scale: float = 0.9  # random resized crops cover this share of the image, or more
     tokenizer: str = "bpe"  # "bpe" (learnt from the first training captions), "byte", a file
+    positives: str = "pairs"  # InfoNCE positives: "pairs", or "captions" (identical captions too)
 
 
 # Named model presets. Functions so every call returns fresh objects.
@@ -236,7 +237,7 @@ def _base() -> ModelConfig:
 # preset: (model, recipe)
 _MODELS = {
     "smoke": (_smoke, Recipe(tokenizer="byte")),  # the trainer's old defaults; no BPE to learn
-    "tiny": (_tiny, Recipe(lr=3e-3, warmup_steps=50, crop_scale=0.5)),
+    "tiny": (_tiny, Recipe(lr=3e-3, warmup_steps=50, crop_scale=0.5, positives="captions")),
     "tiny-resnet": (_tiny_resnet, Recipe()),  # the demo's model; it sets its own flags
     "small": (_small, Recipe()),
     "base": (_base, Recipe()),

@@ -92,6 +92,9 @@ def test_a_preset_trains_with_its_recipe_unless_flags_say_otherwise(tmp_path):
     assert (tiny.schedule.lr, tiny.schedule.warmup_steps) == (recipe.lr, recipe.warmup_steps)
     assert tiny.data.crop_scale == (recipe.crop_scale, 1.0) and tiny.train.tokenizer == "bpe"
     assert tiny.train.weight_decay == recipe.weight_decay
+    assert tiny.loss.positives == recipe.positives == "captions"
+    assert parse("--model", "tiny", "--positives", "pairs").loss.positives == "pairs"
+    assert parse("--model", "tiny", "--loss", "sigmoid").loss.positives == "pairs"
     smoke = parse("--model", "smoke")
     assert smoke.train.tokenizer == "byte" and smoke.schedule.lr == get_recipe("smoke").lr
     given = parse("--model", "tiny", "--lr", "1e-4", "--crop-scale", "1", "--tokenizer", "byte")
