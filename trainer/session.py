@@ -43,7 +43,7 @@ from trainer.position import DataPosition, PositionTracker, Topology
 from trainer.schedule import check_input_sizes, data_at
 from trainer.sources import resolve_sources
 from trainer.tokenizer import CaptionTokenizer, byte_tokenizer, shard_captions, train_tokenizer
-from trainer.validation import in_validation
+from trainer.validation import held_out
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ def tokenizer_for(tokenizer: CaptionTokenizer, context_length: int) -> CaptionTo
 
 def initial_tokenizer(cfg: RunConfig, world: World, context_length: int) -> CaptionTokenizer:
     """--tokenizer FILE, "byte" (256 bytes, no merges) or "bpe": a byte-level BPE that rank 0
-    learns from the first --bpe-captions training captions (never validation pairs), written
+    learns from the first --bpe-captions training captions (never held-out pairs), written
     to RUN/tokenizer.json and handed to every rank."""
     t = cfg.train
     kind = t.tokenizer or DEFAULT_TOKENIZER
@@ -146,9 +146,7 @@ def initial_tokenizer(cfg: RunConfig, world: World, context_length: int) -> Capt
         return CaptionTokenizer(byte_tokenizer(), context_length)
     text = None
     if world.is_main:
-        fraction = cfg.data.val_fraction
-        held_out = (lambda key: in_validation(key, fraction)) if fraction else None
-        captions = list(shard_captions(cfg.data.data, t.bpe_captions, held_out))
+        captions = list(shard_captions(cfg.data.data, t.bpe_captions, held_out(cfg.data)))
         text = train_tokenizer(captions, t.bpe_vocab_size).to_str()
         path = Path(t.output) / "tokenizer.json"
         path.parent.mkdir(parents=True, exist_ok=True)
