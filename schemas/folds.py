@@ -18,7 +18,9 @@ import hashlib
 VALIDATION = b"webpairs-val"
 FOLDS = b"webpairs-fold"
 # what `fold_of` computes, as recorded beside cross-fitted scores
-FOLD_RULE = "fold = blake2b(key, digest_size=8, person=b'webpairs-fold') as big-endian int * K >> 64"
+FOLD_RULE = (
+    "fold = blake2b(key, digest_size=8, person=b'webpairs-fold') as big-endian int * K >> 64"
+)
 
 
 def key_hash(key: str, person: bytes) -> int:

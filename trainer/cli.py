@@ -225,7 +225,7 @@ def build_train_parser() -> argparse.ArgumentParser:
 
 
 def fold_spec(text: str) -> tuple[int, int]:
-    """"2/5" -> (2, 5): fold 2 of folds 0..4."""
+    """`2/5` -> (2, 5): fold 2 of folds 0..4."""
     fold, sep, folds = text.partition("/")
     try:
         fold_id, count = int(fold), int(folds)
