@@ -54,7 +54,8 @@ def shares(dataset: Path) -> dict:
     """Pairs, and the share of wrong / junk / mismatched captions, from an output's parquet."""
     import pyarrow.dataset as ds
 
-    kinds = ds.dataset(dataset / "shards", format="parquet").to_table(columns=["caption_kind"])
+    files = sorted(str(p) for p in (dataset / "shards").glob("*.parquet"))
+    kinds = ds.dataset(files, format="parquet").to_table(columns=["caption_kind"])
     kinds = kinds.column("caption_kind").to_pylist()
     n = len(kinds)
     wrong, junk = kinds.count("wrong"), kinds.count("junk")

@@ -135,3 +135,19 @@ def test_wrong_cross_fit_is_one_line(dataset, capsys, flags, message):
     assert score(["--input", str(dataset), *flags]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
+
+
+def test_documented_score_commands_are_accepted():
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipeline.jobs.shell import check_flags
+    from pipeline.scoring.crossfit import check_train_args, split_train_args
+    from tests.test_docs import documented
+
+    commands = documented(r"webpairs score\b")
+    assert any("--cross-fit" in argv for _, argv in commands)
+    for _, argv in commands:
+        job, train = split_train_args(argv)
+        check_flags(job, PipelineOptions(job))  # unknown flags raise InputError
+        if train:
+            check_train_args(train)  # raises InputError, naming the flag
