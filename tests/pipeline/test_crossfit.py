@@ -63,6 +63,19 @@ def test_folds_are_disjoint_covering_stable_and_apart_from_validation():
     assert 0.4 < val.count(0) / len(val) < 0.6
 
 
+def test_the_trainer_holds_out_the_excluded_fold_and_its_validation_pairs():
+    from trainer.configs import DataConfig
+    from trainer.validation import drop_held_out, held_out
+
+    keys = [hashlib.sha256(str(i).encode()).hexdigest()[:24] for i in range(600)]
+    cfg = DataConfig(val_fraction=0.1, exclude_fold=(1, 3))
+    test = held_out(cfg)
+    assert [test(k) for k in keys] == [fold_of(k, 3) == 1 or in_validation(k, 0.1) for k in keys]
+    kept = [s["__key__"] for s in drop_held_out(({"__key__": k} for k in keys), cfg)]
+    assert kept and all(fold_of(k, 3) != 1 and not in_validation(k, 0.1) for k in kept)
+    assert held_out(DataConfig()) is None  # nothing held out: the stream passes as it is
+
+
 def test_each_pair_is_scored_by_the_model_that_never_trained_on_it(dataset, crossfitted):
     rows = shard_rows(dataset)
     assert len(rows) == 47 and all(r["clip_score"] is not None for r in rows)
