@@ -7,6 +7,8 @@ without the score: the parquet is the metadata).
 
     webpairs score --input out/ --score-checkpoint runs/tiny
     webpairs select --input out/ --output top30/ --recipe datacomp_clip_top30   # no model now
+    webpairs score --input out/ --cross-fit 2 -- --model tiny --steps 2000   # no model yet:
+    # one scorer per fold, each pair scored by the one that never saw it (scoring/crossfit.py)
 
   source shards ──► tar images + parquet rows ──► ScorePairs (RunInference) ──► by source shard
       ──► shards/NNNNN.parquet rewritten (atomically) with the score columns ──► manifest.scorer
