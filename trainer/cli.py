@@ -94,6 +94,13 @@ def build_train_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="held-out pairs read for validation",
     )
+    g.add_argument(
+        "--exclude-fold",
+        type=fold_spec,
+        metavar="I/K",
+        help="train without fold I of K (folds by key hash; `webpairs score --cross-fit K` "
+        "trains one model per fold)",
+    )
     g = p.add_argument_group("model")
     g.add_argument(
         "--model",
@@ -217,6 +224,18 @@ def build_train_parser() -> argparse.ArgumentParser:
     return p
 
 
+def fold_spec(text: str) -> tuple[int, int]:
+    """`2/5` -> (2, 5): fold 2 of folds 0..4."""
+    fold, sep, folds = text.partition("/")
+    try:
+        fold_id, count = int(fold), int(folds)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not I/K (e.g. 0/2)") from None
+    if not sep or count < 2 or not 0 <= fold_id < count:
+        raise argparse.ArgumentTypeError(f"{text!r}: need 0 <= I < K and K >= 2")
+    return fold_id, count
+
+
 def recipe_for(args: argparse.Namespace) -> Recipe:
     """The recipe of the preset trained: --model's, or on --resume the run's own (config.json)."""
     name = args.model
@@ -297,6 +316,7 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
         max_skipped_fraction=args.max_skipped_fraction,
         val_fraction=args.val_fraction,
         val_max_samples=args.val_max_samples,
+        exclude_fold=args.exclude_fold,
     )
     if not 0 < args.crop_scale <= 1:
         raise UserError(f"--crop-scale must be in (0, 1], not {args.crop_scale}")

@@ -90,6 +90,8 @@ class DataConfig:
     prefetch: int = 2  # batches prefetched per worker
     val_fraction: float = 0.0  # share of sample keys held out of training (trainer/validation.py)
     val_max_samples: int = 2048  # held-out pairs read for validation (the first, in shard order)
+    # (I, K): train without fold I of K (schemas/folds.py; `webpairs score --cross-fit K`)
+    exclude_fold: tuple[int, int] | None = None
 
 
 @dataclass

@@ -50,7 +50,7 @@ from trainer.transforms import (
     random_resized_crop,
     resize_center_crop,
 )
-from trainer.validation import drop_validation
+from trainer.validation import drop_held_out
 
 log = logging.getLogger(__name__)
 
@@ -264,7 +264,7 @@ def stream_batches(
         return {"stream": stream, **state.to_dict()}
 
     samples = read_stream(shards, position.plan, topology, rank, worker, state)
-    samples = drop_validation(samples, cfg.val_fraction)
+    samples = drop_held_out(samples, cfg)
     if any(epoch < state.epoch for epoch, _, _ in state.buffer):
         # the snapshot was taken while the buffer drained an epoch's end: go on draining
         samples = itertools.chain([EPOCH_END], samples)

@@ -44,7 +44,7 @@ from trainer.position import DataPosition, PositionTracker, Topology
 from trainer.schedule import check_input_sizes, data_at
 from trainer.sources import resolve_sources
 from trainer.tokenizer import CaptionTokenizer, byte_tokenizer, shard_captions, train_tokenizer
-from trainer.validation import in_validation
+from trainer.validation import held_out
 
 log = logging.getLogger(__name__)
 
@@ -139,10 +139,9 @@ def training_captions(cfg: RunConfig) -> list[str]:
     """The first --bpe-captions training captions (never validation pairs), written to
     RUN/captions.txt: what the BPE learns from and what `webpairs eval` takes its default
     zero-shot templates from (trainer/prompts.py). Rank 0 only."""
-    fraction = cfg.data.val_fraction
-    held_out = (lambda key: in_validation(key, fraction)) if fraction else None
+    skip = held_out(cfg.data)
     captions = [
-        " ".join(c.split()) for c in shard_captions(cfg.data.data, cfg.train.bpe_captions, held_out)
+        " ".join(c.split()) for c in shard_captions(cfg.data.data, cfg.train.bpe_captions, skip)
     ]
     path = Path(cfg.train.output) / CAPTIONS_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -154,7 +153,7 @@ def initial_tokenizer(
     cfg: RunConfig, world: World, context_length: int, captions: list[str] | None = None
 ) -> CaptionTokenizer:
     """--tokenizer FILE, "byte" (256 bytes, no merges) or "bpe": a byte-level BPE that rank 0
-    learns from `captions` (the first training captions, never validation pairs), written
+    learns from `captions` (the first training captions, never held-out pairs), written
     to RUN/tokenizer.json and handed to every rank."""
     t = cfg.train
     kind = t.tokenizer or DEFAULT_TOKENIZER

@@ -1,6 +1,6 @@
 """Validation pairs held out of the training shards (`--val-fraction`): chosen by a hash of the
 sample key, so the split is the same on every rank, worker, epoch, resume and world size, and
-needs no second copy of the data. The training stream drops them (`drop_validation`); rank 0
+needs no second copy of the data. The training stream drops them (`drop_held_out`); rank 0
 reads up to `val_max_samples` of them once and measures on them.
 
     python -m trainer train --data 'shards/*.tar' --output runs/x --val-fraction 0.1 --eval-every 100
@@ -14,14 +14,14 @@ repeat ("image", "a photo of a dog") and no model can tell identical captions ap
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from schemas.folds import fold_of, in_validation
 from schemas.imagehash import DECODE_ERRORS
 from schemas.sample import image_extension
 from trainer.configs import DataConfig
@@ -31,19 +31,26 @@ from trainer.transforms import decode_image, normalize, resize_center_crop
 log = logging.getLogger(__name__)
 
 
-def in_validation(key: str, fraction: float) -> bool:
-    """Is the sample `key` held out? A fixed share of keys, nested: every key held out at one
-    fraction is held out at any larger one."""
-    if fraction <= 0:
-        return False
-    digest = hashlib.blake2b(key.encode(), digest_size=8, person=b"webpairs-val").digest()
-    return int.from_bytes(digest, "big") / 2**64 < fraction
+def held_out(cfg: DataConfig) -> Callable[[str], bool] | None:
+    """Is a key kept out of training: a validation pair (`--val-fraction`) or a pair of the
+    excluded cross-fitting fold (`--exclude-fold I/K`)? None when nothing is held out."""
+    fraction, excluded = cfg.val_fraction, cfg.exclude_fold
+    if not fraction and excluded is None:
+        return None
+
+    def test(key: str) -> bool:
+        if in_validation(key, fraction):
+            return True
+        return excluded is not None and fold_of(key, excluded[1]) == excluded[0]
+
+    return test
 
 
-def drop_validation(samples: Iterator[dict], fraction: float) -> Iterator[dict]:
+def drop_held_out(samples: Iterator[dict], cfg: DataConfig) -> Iterator[dict]:
     """The training stream without the held-out samples (markers such as EPOCH_END pass)."""
+    test = held_out(cfg)
     for sample in samples:
-        if "__key__" not in sample or not in_validation(sample["__key__"], fraction):
+        if test is None or "__key__" not in sample or not test(sample["__key__"]):
             yield sample
 
 
