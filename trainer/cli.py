@@ -246,7 +246,9 @@ def build_train_parser() -> argparse.ArgumentParser:
     g.add_argument("--eval-every", type=int, default=e.every, help="steps between evaluations")
     g.add_argument("--zeroshot", help="folder-per-class images or labelled shards")
     g.add_argument("--classnames", help="file or comma-separated list; seven|7: names of a class")
-    g.add_argument("--templates", help="file of prompt templates, one a line")
+    g.add_argument(
+        "--templates", help="openai_imagenet (OpenAI's 80), default, or a file, one a line"
+    )
     g.add_argument(
         "--templates-from", metavar="SHARDS", help="templates from these shards' captions"
     )
