@@ -18,7 +18,7 @@ import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import StandardOptions
 
-from pipeline.accounting.stats import LogProgress
+from pipeline.accounting.progress import ReportProgress
 from pipeline.crawl.download import DownloadImages
 from pipeline.crawl.images import DecodeResize
 from pipeline.curation.captions import AnnotateCaptions
@@ -70,6 +70,13 @@ def read_and_fetch(p: beam.Pipeline, cfg: CurateConfig) -> dict:
         warnings = read["warnings"]
     else:
         read = p | "ReadPairs" >> ReadPairs(cfg.read)
+        # every input row, counted as read: a shuffle (DedupeUrls) separates reading from
+        # downloading, so the total is known before the first download, and the ETA with it
+        _ = (
+            (read["pairs"], read["invalid"])
+            | "InputRows" >> beam.Flatten()
+            | "ReportTotal" >> beam.ParDo(ReportProgress(cfg.output, "total"))
+        )
         warnings = p | "NoWarnings" >> beam.Create([])
         deduped = read["pairs"] | "DedupeUrls" >> DedupeUrls()
         url_duplicates = deduped["duplicates"]
@@ -86,6 +93,7 @@ def read_and_fetch(p: beam.Pipeline, cfg: CurateConfig) -> dict:
             pairs = {"pairs": pairs, "staged": staged} | "SkipStaged" >> SkipStaged()
         fetched = pairs | "DownloadImages" >> DownloadImages(cfg.download)
     images = fetched | "DecodeResize" >> DecodeResize(cfg.image)
+    _ = images | "ReportProcessed" >> beam.ParDo(ReportProgress(cfg.output, "processed"))
     if cfg.staging:
         images = images | "StageRows" >> StageRows(cfg.output, extra, cfg.staging_flush_rows)
     if cfg.resume and cfg.read.input_format != "webdataset":
@@ -155,7 +163,7 @@ def build(
     results = (
         (written["rows"], rejects)
         | "AllResults" >> beam.Flatten()
-        | "Progress" >> beam.ParDo(LogProgress())
+        | "ReportDone" >> beam.ParDo(ReportProgress(cfg.output, "done"))
     )
     write_tail(
         cfg.output,
@@ -228,9 +236,9 @@ def run(argv: list[str]) -> Stats:
         cfg.output,
         options.view_as(StandardOptions).runner,
     )
-    run_pipeline(p, cfg.output)
+    run_pipeline(p, cfg.output, PROG)
 
-    stats = finish(cfg.output)  # fails loudly when a row was lost or counted twice
+    stats = finish(cfg.output, options)  # fails loudly when a row was lost or counted twice
     if not opts.keep_staging and FileSystems.exists(staging_dir(cfg.output)):
         FileSystems.delete([staging_dir(cfg.output)])  # the run is complete: the crawl log is spent
     return stats

@@ -30,12 +30,13 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
 
+from pipeline.accounting.progress import ReportProgress
 from pipeline.curation.recipe import load_recipe
 from pipeline.io.reshard import ReadSource, Source, open_source
 from pipeline.io.shards import save_manifest, write_atomically
 from pipeline.io.url_lists import InputError
 from pipeline.jobs.options import CurateOptions
-from pipeline.jobs.shell import job_main, job_options, run_pipeline
+from pipeline.jobs.shell import MonitorOptions, job_main, job_options, run_pipeline
 from pipeline.results import parquet_schema
 from pipeline.scoring.identity import ScorerIdentity
 from pipeline.scoring.pairs import SCORE_COLUMN, ScoreConfig, ScorePairs, check_scoring
@@ -125,6 +126,7 @@ class ScoreDataset(beam.PTransform):
             pbegin
             | "ReadImages" >> ReadSource(self.source, images=True)
             | "ScorePairs" >> ScorePairs(cfg, self.scorer)
+            | "ReportProcessed" >> beam.ParDo(ReportProgress(self.source.path, "processed"))
             | "ByShard" >> beam.Map(_score_entry)
         )
         shards = pbegin | "Shards" >> beam.Create([(s.name, s) for s in self.source.shards])
@@ -163,6 +165,8 @@ def run(argv: list[str]) -> tuple[Source, dict]:
     """-> (the source, {counter name: value}) once its metadata records the scores."""
     options = job_options(argv)
     spec, cfg = config_from_options(options.view_as(CurateOptions))
+    if options.view_as(MonitorOptions).report_to:
+        raise InputError("--report-to: score has no funnel to report (curate and select do)")
     source = open_source(spec)
     scorer = check_scoring(cfg, ())  # loads the model once, here: one clear error if unusable
     if source.manifest.scorer is not None:  # stale scores until every shard is rewritten
@@ -170,7 +174,7 @@ def run(argv: list[str]) -> tuple[Source, dict]:
     p = beam.Pipeline(options=options)
     _ = p | "ScoreDataset" >> ScoreDataset(source, cfg, scorer)
     logger.info("scoring %s with %s", source.path, scorer.checkpoint)
-    result = run_pipeline(p, source.path)
+    result = run_pipeline(p, source.path, PROG, total=source.manifest.total_samples)
     counters = result.metrics().query(MetricsFilter().with_namespace("score"))["counters"]
     return source, {c.key.metric.name: c.committed for c in counters}
 
