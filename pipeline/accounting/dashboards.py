@@ -14,7 +14,7 @@ import time
 
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.io.layout import TENSORBOARD_DIR, WANDB_DIR, join_path
+from pipeline.io.layout import TENSORBOARD_DIR, join_path
 from pipeline.io.url_lists import InputError
 from schemas import Stats, Status
 
@@ -54,8 +54,8 @@ def report_funnel(
             raise InputError(
                 "--report-to wandb needs wandb: pip install 'webpairs[wandb]'"
             ) from None
-        local = "://" not in output  # wandb writes local files only
-        folder = join_path(output, WANDB_DIR) if local else tempfile.mkdtemp()
+        # wandb writes local files only, into DIR/wandb/ (OUTPUT/wandb/ = WANDB_DIR)
+        folder = output if "://" not in output else tempfile.mkdtemp()
         os.makedirs(folder, exist_ok=True)
         run = wandb.init(project=project, name=os.path.basename(output.rstrip("/")), dir=folder)
         run.log(scalars, step=0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import re
 import time
@@ -13,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.testing.test_pipeline import TestPipeline
 
-from pipeline.accounting.dashboards import funnel_scalars
+from pipeline.accounting.dashboards import funnel_scalars, report_funnel
 from pipeline.accounting.progress import (
     ProgressMonitor,
     ReportProgress,
@@ -136,3 +137,46 @@ def tensorboard_scalars(folder: Path) -> dict[str, tuple[int, float]]:
     for tag in events.Tags()["scalars"]:
         found[tag] = [(e.step, e.value) for e in events.Scalars(tag)]
     return {tag: values[-1] for tag, values in found.items() if len(values) == 1}
+
+
+def test_on_a_terminal_the_line_is_rewritten_in_place(tmp_path):
+    import os
+    import pty
+
+    leader, follower = pty.openpty()
+    with (
+        os.fdopen(follower, "w") as terminal,
+        ProgressMonitor(str(tmp_path), "job", stream=terminal) as monitor,
+    ):
+        assert monitor.tty and monitor.every == 1.0  # a terminal's default
+        (tmp_path / "_progress").mkdir()
+        (tmp_path / "_progress" / "processed-a.json").write_text(
+            '{"stage": "processed", "counts": {"ok": 5, "failed": 1}, "first": 1.0, "at": 3.0}'
+        )
+        time.sleep(1.3)
+    shown = os.read(leader, 4096).decode()
+    os.close(leader)
+    assert "\r\x1b[2Kjob: 6 rows processed, 3.0 rows/s, 1 failed" in shown and shown.endswith("\n")
+
+
+def test_the_funnel_goes_to_wandb_offline(tmp_path, monkeypatch):
+    import pytest
+
+    wandb = pytest.importorskip("wandb", reason="the wandb extra")
+    from tests.trainer.test_monitor import wandb_file_records
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    stats = Stats(input=10, written=6, shards=2, failed={"http_404": 3}, invalid={"no_url": 1})
+    report_funnel(str(tmp_path), stats, ("wandb",))
+    wandb.teardown()  # the service process writes the run file: wait for it
+    (run_file,) = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
+    logged = {}
+    for data in wandb_file_records(run_file):
+        record = wandb.proto.wandb_internal_pb2.Record()
+        record.ParseFromString(data)
+        if record.WhichOneof("record_type") == "history":
+            for item in record.history.item:
+                logged[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
+    assert {k: logged[k] for k in funnel_scalars(stats)} == funnel_scalars(stats)
+    assert logged["failed/http_404"] == 3 and logged["funnel/input"] == 10
