@@ -162,7 +162,7 @@ def run(cfg: RunConfig, world: World) -> int:
             world.device,
         )
         per_epoch = total_samples(s.shards)
-        if per_epoch is not None:  # known from a manifest
+        if per_epoch is not None:  # known from a manifest or sizes.json
             log.info("an epoch is %d samples = %.1f steps", per_epoch, per_epoch / global_batch)
         if s.resumed:
             metrics.write({"event": "resume", "step": s.step, "world_size": world.world_size})
