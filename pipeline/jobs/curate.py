@@ -36,6 +36,7 @@ from pipeline.io.staging import ReadStaged, SkipStaged, StageRows, staging_dir
 from pipeline.io.url_lists import InputError, ReadPairs, resolve
 from pipeline.jobs.options import CurateConfig, CurateOptions, config_from_options
 from pipeline.jobs.shell import (
+    MonitorOptions,
     clear,
     existing_outputs,
     finish,
@@ -252,6 +253,7 @@ def _help(prog: str) -> str:
     )
     CurateOptions._add_argparse_args(parser)
     DaskClusterOptions._add_argparse_args(parser)
+    MonitorOptions._add_argparse_args(parser)
     return (
         parser.format_help()
         + "\nAny Beam pipeline option (--runner, --direct_num_workers, ...) is accepted too.\n"

@@ -187,6 +187,8 @@ def _help(prog: str) -> str:
         "--recipe: only its `score` section (batch_size, device, threads, large_model) is\n"
         "read. Any Beam pipeline option (--runner, --direct_num_workers, ...) is accepted;\n"
         "--runner dask with --dask-address tcp://HOST:PORT or --dask-workers N.\n"
+        "--progress-every SECONDS: a progress line this often (default: 1 s on a terminal,\n"
+        "30 s otherwise; 0: none).\n"
     )
 
 

@@ -36,6 +36,7 @@ from pipeline.io.url_lists import InputError
 from pipeline.jobs import shell
 from pipeline.jobs.options import CurateOptions
 from pipeline.jobs.shell import (
+    MonitorOptions,
     finish,
     gallery_config,
     job_main,
@@ -282,6 +283,7 @@ def _help(prog: str) -> str:
     g.add_argument("--overwrite", action="store_true")
     SelectOptions._add_argparse_args(parser)
     DaskClusterOptions._add_argparse_args(parser)
+    MonitorOptions._add_argparse_args(parser)
     return (
         parser.format_help()
         + "\nAny Beam pipeline option (--runner, --direct_num_workers, ...) is accepted too.\n"
