@@ -44,8 +44,13 @@ class MetricsLog:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if "tensorboard" in report_to:
-            from torch.utils.tensorboard import SummaryWriter
-
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise UserError(
+                    "--report-to tensorboard needs the tensorboard package "
+                    "(pip install tensorboard), or --report-to none"
+                ) from None
             self.tensorboard = SummaryWriter(str(Path(run_dir) / "tensorboard"))
         if "wandb" in report_to:
             self.wandb = start_wandb(Path(run_dir), wandb_project, run_name, config)
