@@ -29,6 +29,7 @@ from trainer.configs import (
     list_models,
     validate_model_config,
 )
+from trainer.monitor import report_targets
 from trainer.openclip_flags import (
     PRECISIONS,
     add_openclip_flags,
@@ -433,15 +434,6 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
     return RunConfig(
         model=model, data=data, schedule=schedule, train=train, eval=evaluation, loss=loss
     )
-
-
-def report_targets(spec: str) -> tuple[str, ...]:
-    """--report-to "tensorboard,wandb" -> ("tensorboard", "wandb"); "" or "none" -> ()."""
-    names = tuple(n.strip() for n in spec.split(",") if n.strip() and n.strip() != "none")
-    unknown = [n for n in names if n not in ("tensorboard", "wandb")]
-    if unknown:
-        raise UserError(f"--report-to {unknown[0]}: tensorboard, wandb or none")
-    return names
 
 
 def user_error_message(e: BaseException) -> str | None:

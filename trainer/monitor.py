@@ -86,6 +86,15 @@ class MetricsLog:
             self.wandb.finish()
 
 
+def report_targets(spec: str) -> tuple[str, ...]:
+    """--report-to "tensorboard,wandb" -> ("tensorboard", "wandb"); "" or "none" -> ()."""
+    names = tuple(n.strip() for n in spec.split(",") if n.strip() and n.strip() != "none")
+    unknown = [n for n in names if n not in ("tensorboard", "wandb")]
+    if unknown:
+        raise UserError(f"--report-to {unknown[0]}: tensorboard, wandb or none")
+    return names
+
+
 def start_wandb(run_dir: Path, project: str, name: str | None, config: dict | None):
     """A wandb run logging under RUN/wandb/; a resumed run continues the same wandb run (its id
     is kept in RUN/wandb-id.txt)."""
