@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -m pip install "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -e ".[dev,dask]" "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -e ".[dev,dask,wandb]" "$(TORCH_SPEC)"
 	touch $(STAMP)
 
 install: $(STAMP)

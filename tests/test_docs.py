@@ -179,3 +179,14 @@ def test_documented_slurm_cluster_renders_its_job_script():
     worker = next(line for line in script.splitlines() if "dask_worker" in line)
     assert worker.startswith(kwargs["python"] + " -m distributed.cli.dask_worker")
     assert f"--nworkers {kwargs['processes']}" in worker and "--nthreads 1" in worker
+
+
+EVAL = documented(r"(?:webpairs|-m trainer) eval\b")
+
+
+@pytest.mark.parametrize("where,argv", EVAL, ids=[w for w, _ in EVAL])
+def test_documented_eval_command_is_accepted(where, argv):
+    from trainer.evaluate import build_eval_parser
+
+    args = build_eval_parser().parse_args(argv)
+    assert args.zeroshot or args.retrieval, where

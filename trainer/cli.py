@@ -30,6 +30,13 @@ from trainer.configs import (
     list_models,
     validate_model_config,
 )
+from trainer.monitor import report_targets
+from trainer.openclip_flags import (
+    PRECISIONS,
+    add_openclip_flags,
+    precision_of,
+    refuse_openclip_flags,
+)
 from trainer.schedule import check_input_sizes
 from trainer.train import train
 
@@ -43,10 +50,11 @@ def build_train_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("data")
     g.add_argument(
         "--data",
+        "--train-data",
         nargs="+",
         required=True,
         metavar="SHARDS",
-        help="brace pattern, glob, manifest.json or URL; several for a mixture",
+        help="brace pattern, glob, manifest.json or URL; several (or A::B) for a mixture",
     )
     g.add_argument(
         "--mix",
@@ -55,7 +63,12 @@ def build_train_parser() -> argparse.ArgumentParser:
         metavar="W",
         help="mixing weight per --data source (needs --resampled)",
     )
-    g.add_argument("--resampled", action=r, help="draw shards with replacement instead of epochs")
+    g.add_argument(
+        "--resampled",
+        "--dataset-resampled",
+        action=r,
+        help="draw shards with replacement instead of epochs",
+    )
     g.add_argument("--batch-size", type=int, default=m.batch_size, help="samples per rank per step")
     g.add_argument("--workers", type=int, default=m.workers, help="loader processes per rank")
     g.add_argument("--shuffle-buffer", type=int, default=m.shuffle_buffer)
@@ -115,6 +128,7 @@ def build_train_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--patch-dropout",
+        "--force-patch-dropout",
         type=float,
         metavar="P",
         help="drop this share of image patches at random while training (FLIP; ViT)",
@@ -140,9 +154,14 @@ def build_train_parser() -> argparse.ArgumentParser:
     g.add_argument("--lr", type=float, help="peak learning rate (default: the preset's)")
     g.add_argument("--min-lr", type=float, default=o.min_lr)
     g.add_argument("--warmup", type=int, help="warmup steps (default: the preset's)")
-    g.add_argument("--weight-decay", type=float, help="AdamW decay (default: the preset's)")
-    g.add_argument("--grad-clip", type=float, default=d.grad_clip, help="0 disables clipping")
-    g.add_argument("--precision", choices=["auto", "bf16", "fp32"], default=d.precision)
+    g.add_argument("--weight-decay", "--wd", type=float, help="AdamW decay (default: the preset's)")
+    g.add_argument("--beta1", type=float, default=d.betas[0], help="AdamW beta1")
+    g.add_argument("--beta2", type=float, default=d.betas[1], help="AdamW beta2")
+    g.add_argument("--eps", type=float, default=d.eps, help="AdamW epsilon")
+    g.add_argument("--grad-clip", "--grad-clip-norm", type=float, default=d.grad_clip,
+                   help="max gradient norm; 0 disables clipping")  # fmt: skip
+    g.add_argument("--precision", choices=PRECISIONS, default=d.precision, metavar="P",
+                   help="auto (bf16 autocast on GPU), bf16 = amp_bf16 (bf16 autocast), fp32")  # fmt: skip
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], default=d.device)
     g.add_argument("--threads", type=int, default=d.threads,
                    help="torch threads per rank (default: on CPU, the cores left by loader "
@@ -171,12 +190,25 @@ def build_train_parser() -> argparse.ArgumentParser:
         "other (InfoNCE), not negatives (default: the preset's; pairs for --loss sigmoid)",
     )
     g.add_argument(
-        "--accum-steps",
+        "--micro-batch-size",
         type=int,
-        default=d.accum_steps,
-        metavar="K",
-        help="split each rank's batch into K micro-batches; the loss still sees the whole batch",
+        metavar="N",
+        help="hold N samples of each rank's batch at a time (contrastive gradient accumulation: "
+        "the loss still sees the whole batch)",
     )
+    g.add_argument(
+        "--accum-freq",
+        type=int,
+        default=1,
+        metavar="K",
+        help="as OpenCLIP's: each rank's contrastive batch is K x --batch-size, held "
+        "--batch-size (or --micro-batch-size) samples at a time",
+    )
+    g.add_argument("--accum-steps", type=int, help=argparse.SUPPRESS)  # refused: see below
+    g.add_argument("--local-loss", action=r, help="always (accepted for OpenCLIP's commands)")
+    g.add_argument("--gather-with-grad", action=r, help="always (accepted for OpenCLIP's)")
+    g.add_argument("--siglip", action="store_const", const="sigmoid", dest="loss",
+                   help="OpenCLIP's spelling of --loss sigmoid")  # fmt: skip
     g.add_argument(
         "--grad-checkpointing", action=r, help="recompute each block's activations in backward"
     )
@@ -186,7 +218,9 @@ def build_train_parser() -> argparse.ArgumentParser:
         default=d.strategy,
         help="fsdp: shard weights, gradients and optimizer state per block (FSDP2)",
     )
-    g.add_argument("--compile", action=r, help="torch.compile every block (off by default)")
+    g.add_argument(
+        "--compile", "--torchcompile", action=r, help="torch.compile every block (off by default)"
+    )
     g.add_argument(
         "--compile-backend",
         default=d.compile_backend,
@@ -194,11 +228,13 @@ def build_train_parser() -> argparse.ArgumentParser:
         help="torch.compile backend of --compile (aot_eager: no code generation)",
     )
     g = p.add_argument_group("run")
-    g.add_argument("--output", required=True, metavar="RUN_DIR")
+    g.add_argument("--output", metavar="RUN_DIR", help="(or OpenCLIP's --logs DIR --name NAME)")
+    g.add_argument("--logs", metavar="DIR", help="with --name: the run is DIR/NAME (OpenCLIP's)")
+    g.add_argument("--name", help="with --logs: the run is DIR/NAME; the wandb run's name")
     g.add_argument("--resume", metavar="latest|CHECKPOINT")
     g.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
     g.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints)
-    g.add_argument("--log-every", type=int, default=d.log_every)
+    g.add_argument("--log-every", "--log-every-n-steps", type=int, default=d.log_every)
     g.add_argument(
         "--max-nonfinite",
         type=int,
@@ -206,11 +242,21 @@ def build_train_parser() -> argparse.ArgumentParser:
         help="stop after this many non-finite steps in a row",
     )
     g.add_argument("--stall-timeout", type=float, default=d.stall_timeout)
+    g.add_argument(
+        "--report-to",
+        default=",".join(d.report_to),
+        metavar="tensorboard,wandb",
+        help="metrics also to RUN/tensorboard/ and/or wandb (the wandb extra; WANDB_MODE=offline "
+        "works); 'none': RUN/metrics.jsonl only",
+    )
+    g.add_argument("--wandb-project-name", default=d.wandb_project, metavar="PROJECT")
     g = p.add_argument_group("evaluation during training")
     g.add_argument("--eval-every", type=int, default=e.every, help="steps between evaluations")
     g.add_argument("--zeroshot", help="folder-per-class images or labelled shards")
     g.add_argument("--classnames", help="file or comma-separated list; seven|7: names of a class")
-    g.add_argument("--templates", help="file of prompt templates, one a line")
+    g.add_argument(
+        "--templates", help="openai_imagenet (OpenAI's 80), default, or a file, one a line"
+    )
     g.add_argument(
         "--templates-from", metavar="SHARDS", help="templates from these shards' captions"
     )
@@ -221,6 +267,7 @@ def build_train_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--debug-step-delay", type=float, default=0.0, help=argparse.SUPPRESS)
     g.add_argument("--debug-nan-steps", type=int, nargs="+", default=[], help=argparse.SUPPRESS)
+    add_openclip_flags(p)
     return p
 
 
@@ -261,8 +308,43 @@ def fill_from_recipe(args: argparse.Namespace) -> argparse.Namespace:
     )
 
 
+def resolve_spellings(args: argparse.Namespace) -> argparse.Namespace:
+    """`args` with OpenCLIP's spellings turned into ours (--logs/--name, A::B sources,
+    --accum-freq, amp_bf16); UserError for a flag that would mean something else here."""
+    refuse_openclip_flags(args)
+    if args.accum_steps is not None:
+        raise UserError(
+            "--accum-steps is gone: --micro-batch-size N holds N samples of the batch at a time "
+            "(--accum-steps K was N = batch/K); --accum-freq K multiplies the batch by K (OpenCLIP)"
+        )
+    output = args.output
+    if output is None and args.name:
+        output = str(Path(args.logs or "logs") / args.name)
+    if output is None:
+        raise UserError("--output RUN_DIR is needed (or OpenCLIP's --logs DIR --name NAME)")
+    if min(args.batch_size, args.accum_freq, args.micro_batch_size or 1) < 1:
+        raise UserError("--batch-size, --accum-freq and --micro-batch-size must be at least 1")
+    batch = args.batch_size * args.accum_freq  # samples per rank in one contrastive batch
+    micro = args.micro_batch_size or args.batch_size
+    if micro > batch:
+        raise UserError(
+            f"--micro-batch-size {micro} is more than the batch of {batch} (--batch-size "
+            f"{args.batch_size} x --accum-freq {args.accum_freq})"
+        )
+    return argparse.Namespace(
+        **{
+            **vars(args),
+            "output": output,
+            "data": [part for spec in args.data for part in spec.split("::") if part],
+            "batch_size": batch,
+            "accum_steps": -(-batch // micro),  # micro-batches of at most `micro` samples
+            "precision": precision_of(args.precision),
+        }
+    )
+
+
 def run_config_from_args(args: argparse.Namespace) -> RunConfig:
-    args = fill_from_recipe(args)
+    args = fill_from_recipe(resolve_spellings(args))
     overrides = list(args.set)
     if args.loss == "sigmoid":  # SigLIP's initial temperature 1/10 and bias -10 (--set wins)
         overrides = [f"init_logit_scale={math.log(10)}", "init_logit_bias=-10", *overrides]
@@ -292,11 +374,6 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
     ):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
-    if args.accum_steps > args.batch_size:
-        raise UserError(
-            f"--accum-steps {args.accum_steps} is more than --batch-size {args.batch_size}: "
-            f"a micro-batch needs at least one sample"
-        )
     if not 0 <= args.finetune_at < args.steps:
         raise UserError(f"--finetune-at {args.finetune_at} must be below --steps {args.steps}")
     if args.workers < 0 or args.warmup < 0 or args.lr <= 0:
@@ -339,6 +416,8 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
         output=args.output,
         steps=args.steps,
         weight_decay=args.weight_decay,
+        betas=(args.beta1, args.beta2),
+        eps=args.eps,
         grad_clip=args.grad_clip,
         precision=args.precision,
         device=args.device,
@@ -361,6 +440,9 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
         debug_seen_keys=args.debug_seen_keys,
         debug_step_delay=args.debug_step_delay,
         debug_nan_steps=tuple(args.debug_nan_steps),
+        report_to=report_targets(args.report_to),
+        wandb_project=args.wandb_project_name,
+        run_name=args.name,
     )
     evaluation = EvalConfig(
         zeroshot=args.zeroshot,

@@ -161,6 +161,9 @@ class TrainConfig:
     debug_seen_keys: bool = False  # write every trained sample key to RUN/seen-keys.rank*.txt
     debug_step_delay: float = 0.0  # sleep after each step (tests use it to interrupt a run)
     debug_nan_steps: tuple[int, ...] = ()  # make the loss NaN at these steps (tests)
+    report_to: tuple[str, ...] = ("tensorboard",)  # metrics also to: tensorboard, wandb
+    wandb_project: str = "webpairs"  # --report-to wandb: the project; the run is --name or RUN's
+    run_name: str | None = None  # wandb's run name (default: the run folder's name)
 
 
 @dataclass

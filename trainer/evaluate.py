@@ -2,9 +2,16 @@
 
     python -m trainer eval --checkpoint runs/tiny --zeroshot digits-test/          # folder per class
     python -m trainer eval --checkpoint runs/tiny/checkpoints/step-00000300.pt \\
-        --zeroshot 'labelled/{0..3}.tar' --classnames zero,one,two --retrieval 'val/{0..3}.tar'
+        --zeroshot 'labelled/{0..3}.tar' --classnames zero,one,two --templates openai_imagenet \\
+        --retrieval 'val/{0..3}.tar'
     top-1 0.8125
     top-5 0.9900
+    image_to_text_R@1 0.4100
+    ...
+    results: runs/tiny/checkpoints/step-00000300.eval.json
+
+The printout is also written as JSON beside the checkpoint (CHECKPOINT.eval.json, or --results
+FILE), with the checkpoint, the prompts and the data it was measured on.
 
 Zero-shot: each class name goes through every prompt template; the normalized text embeddings
 are averaged (and normalized again) into one classifier column per class. Labelled shards carry
@@ -26,14 +33,14 @@ import torch.nn.functional as F
 
 from schemas.imagehash import DECODE_ERRORS
 from schemas.sample import IMAGE_EXTENSIONS, image_extension
-from trainer.checkpoint import load_model, run_captions
+from trainer.checkpoint import load_model, resolve_checkpoint, run_captions
 from trainer.configs import EvalConfig, UserError
 from trainer.distributed import pick_device
 from trainer.prompts import (
     DEFAULT_TEMPLATES,
     Prompts,
     read_classnames,
-    read_list,
+    read_templates,
     templates_from_captions,
 )
 from trainer.sources import SHARD_ERRORS, DataError, iter_shard, resolve_sources
@@ -196,7 +203,7 @@ def zeroshot_prompts(cfg: EvalConfig) -> tuple[Prompts, Iterator[tuple[bytes, in
         classnames, items = read_classnames(cfg.classnames), labelled_shards(cfg.zeroshot)
         if not classnames:
             raise UserError("--classnames is needed for labelled shards")
-    templates = read_list(cfg.templates)
+    templates = read_templates(cfg.templates)
     if templates is not None:
         return Prompts(classnames, templates, f"--templates {cfg.templates}"), items
     if cfg.templates_from:
@@ -256,7 +263,7 @@ def _check_labels(batches, classnames):
         yield images, labels
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_eval_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="webpairs eval", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", required=True, metavar="RUN_DIR_OR_FILE")
     p.add_argument("--zeroshot", metavar="FOLDER_OR_SHARDS")
@@ -265,22 +272,40 @@ def main(argv: list[str] | None = None) -> int:
         help="file with one class a line, or comma-separated classes; several names of a class "
         "separated by | (seven|7), their prompts averaged",
     )
-    p.add_argument("--templates", help="file with one prompt template a line")
+    p.add_argument(
+        "--templates",
+        help="openai_imagenet (OpenAI's 80 ImageNet templates), default, or a file with one "
+        "prompt template a line",
+    )
     p.add_argument(
         "--templates-from",
         metavar="SHARDS",
         help="templates from how these shards' captions name the classes (the commonest)",
     )
-    p.add_argument("--retrieval", metavar="SHARDS")
+    p.add_argument("--retrieval", metavar="SHARDS", help="recall@1/5/10 image->text, text->image")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    p.add_argument(
+        "--results",
+        metavar="FILE",
+        help="where the results go as JSON (default: beside the checkpoint, CHECKPOINT.eval.json)",
+    )
     p.add_argument(
         "--details",
         metavar="FILE",
         help="write results, class names and the confusion matrix as JSON",
     )
-    args = p.parse_args(argv)
+    return p
+
+
+def results_path(checkpoint: Path) -> Path:
+    """CHECKPOINT.eval.json beside a checkpoint file or a sharded checkpoint's folder."""
+    return checkpoint.with_name(checkpoint.name.removesuffix(checkpoint.suffix) + ".eval.json")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_eval_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     cfg = EvalConfig(
         zeroshot=args.zeroshot,
@@ -294,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
         if not (cfg.zeroshot or cfg.retrieval):
             raise UserError("nothing to evaluate: give --zeroshot and/or --retrieval")
         device = pick_device(args.device)
-        model, tokenizer = load_model(args.checkpoint, device)
+        checkpoint = resolve_checkpoint(args.checkpoint)
+        model, tokenizer = load_model(str(checkpoint), device)
         if cfg.zeroshot and not (cfg.templates or cfg.templates_from):
             captions = run_captions(args.checkpoint)
             cfg.captions = str(captions) if captions else None
@@ -305,16 +331,27 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"webpairs eval: error: {e}", file=sys.stderr)
         return 2
-    if args.json:  # the prompts too: a top-1 means little without them
-        print(json.dumps({**results, **({"prompts": details["prompts"]} if cfg.zeroshot else {})}))
+    # the prompts too: a top-1 means little without them
+    prompts = {"prompts": details["prompts"]} if cfg.zeroshot else {}
+    record = {
+        "checkpoint": str(checkpoint),
+        "zeroshot": cfg.zeroshot,
+        "retrieval": cfg.retrieval,
+        "results": results,
+        **prompts,
+    }
+    path = Path(args.results) if args.results else results_path(checkpoint)
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    if args.json:
+        print(json.dumps({**results, **prompts}))
     else:
         if cfg.zeroshot:  # on stderr: stdout stays "name value" lines
-            prompts = details["prompts"]
+            used = details["prompts"]
             print(
-                f"zero-shot templates ({prompts['templates_from']}): "
-                + " | ".join(prompts["templates"]),
+                f"zero-shot templates ({used['templates_from']}): " + " | ".join(used["templates"]),
                 file=sys.stderr,
             )
         for name, value in results.items():
             print(f"{name} {value:.4f}" if isinstance(value, float) else f"{name} {value}")
+        print(f"results: {path}")
     return 0

@@ -34,6 +34,96 @@ DEFAULT_TEMPLATES = (
 )
 
 
+# The 80 prompt templates of OpenAI's CLIP zero-shot ImageNet evaluation (its notebook
+# "Prompt_Engineering_for_ImageNet"; OpenCLIP's zero_shot_metadata.OPENAI_IMAGENET_TEMPLATES),
+# in their order.
+OPENAI_IMAGENET_TEMPLATES = (
+    "a bad photo of a {}.",
+    "a photo of many {}.",
+    "a sculpture of a {}.",
+    "a photo of the hard to see {}.",
+    "a low resolution photo of the {}.",
+    "a rendering of a {}.",
+    "graffiti of a {}.",
+    "a bad photo of the {}.",
+    "a cropped photo of the {}.",
+    "a tattoo of a {}.",
+    "the embroidered {}.",
+    "a photo of a hard to see {}.",
+    "a bright photo of a {}.",
+    "a photo of a clean {}.",
+    "a photo of a dirty {}.",
+    "a dark photo of the {}.",
+    "a drawing of a {}.",
+    "a photo of my {}.",
+    "the plastic {}.",
+    "a photo of the cool {}.",
+    "a close-up photo of a {}.",
+    "a black and white photo of the {}.",
+    "a painting of the {}.",
+    "a painting of a {}.",
+    "a pixelated photo of the {}.",
+    "a sculpture of the {}.",
+    "a bright photo of the {}.",
+    "a cropped photo of a {}.",
+    "a plastic {}.",
+    "a photo of the dirty {}.",
+    "a jpeg corrupted photo of a {}.",
+    "a blurry photo of the {}.",
+    "a photo of the {}.",
+    "a good photo of the {}.",
+    "a rendering of the {}.",
+    "a {} in a video game.",
+    "a photo of one {}.",
+    "a doodle of a {}.",
+    "a close-up photo of the {}.",
+    "a photo of a {}.",
+    "the origami {}.",
+    "the {} in a video game.",
+    "a sketch of a {}.",
+    "a doodle of the {}.",
+    "a origami {}.",
+    "a low resolution photo of a {}.",
+    "the toy {}.",
+    "a rendition of the {}.",
+    "a photo of the clean {}.",
+    "a photo of a large {}.",
+    "a rendition of a {}.",
+    "a photo of a nice {}.",
+    "a photo of a weird {}.",
+    "a blurry photo of a {}.",
+    "a cartoon {}.",
+    "art of a {}.",
+    "a sketch of the {}.",
+    "a embroidered {}.",
+    "a pixelated photo of a {}.",
+    "itap of the {}.",
+    "a jpeg corrupted photo of the {}.",
+    "a good photo of a {}.",
+    "a plushie {}.",
+    "a photo of the nice {}.",
+    "a photo of the small {}.",
+    "a photo of the weird {}.",
+    "the cartoon {}.",
+    "art of the {}.",
+    "a drawing of the {}.",
+    "a photo of the large {}.",
+    "a black and white photo of a {}.",
+    "the plushie {}.",
+    "a dark photo of a {}.",
+    "itap of a {}.",
+    "graffiti of the {}.",
+    "a toy {}.",
+    "itap of my {}.",
+    "a photo of a cool {}.",
+    "a photo of a small {}.",
+    "a tattoo of the {}.",
+)
+
+# --templates NAME: a named set instead of a file
+NAMED_TEMPLATES = {"default": DEFAULT_TEMPLATES, "openai_imagenet": OPENAI_IMAGENET_TEMPLATES}
+
+
 @dataclass(frozen=True)
 class Prompts:
     classnames: list[list[str]]  # per class, its names; the first one labels the class
@@ -68,6 +158,14 @@ def read_list(spec: str | None) -> list[str] | None:
     if os.path.isfile(spec):
         return [line.strip() for line in Path(spec).read_text().splitlines() if line.strip()]
     return [item.strip() for item in spec.split(",") if item.strip()]
+
+
+def read_templates(spec: str | None) -> list[str] | None:
+    """A named set (openai_imagenet, default), a file of one template a line, or a
+    comma-separated list."""
+    if spec in NAMED_TEMPLATES and not os.path.isfile(spec):
+        return list(NAMED_TEMPLATES[spec])
+    return read_list(spec)
 
 
 def read_classnames(spec: str | None) -> list[list[str]] | None:

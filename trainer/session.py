@@ -199,7 +199,9 @@ def setup(cfg: RunConfig, world: World) -> Session:
     topology = Topology(world.world_size, max(1, data.workers))
     check_data(shards, data, topology, tokenizer_for(tokenizer, data.context_length))
     if t.accum_steps > 1 and model_cfg.vision.kind == "resnet" and world.is_main:
-        log.warning("BatchNorm normalizes each micro-batch on its own under --accum-steps")
+        log.warning(
+            "BatchNorm normalizes each micro-batch on its own (--micro-batch-size, --accum-freq)"
+        )
 
     torch.manual_seed(t.seed)  # identical initial weights on every rank
     model = build_model(model_cfg, t, world.device)

@@ -14,6 +14,7 @@ Several values are several sources; with mixing weights they are drawn from in t
 from __future__ import annotations
 
 import glob
+import json
 import logging
 import os
 import posixpath
@@ -120,10 +121,26 @@ def _join(base: str, url: str) -> str:
 
 
 def total_samples(shards: list[Shard]) -> int | None:
-    """Samples in one epoch over `shards`, when every shard's count is known."""
-    if any(s.nsamples is None for s in shards):
-        return None
-    return sum(s.nsamples for s in shards)
+    """Samples in one epoch over `shards`, when every shard's count is known: from a
+    manifest, or from the sizes.json beside local shards (OpenCLIP's count file, which
+    `webpairs curate` writes too). Only reported: reading never stops at a sizes.json count."""
+    sizes: dict[str, dict] = {}
+    total = 0
+    for shard in shards:
+        n = shard.nsamples
+        folder = _dirname(shard.url)
+        if n is None and _is_local(shard.url):
+            if folder not in sizes:
+                try:
+                    with open(os.path.join(_local_path(folder), "sizes.json")) as f:
+                        sizes[folder] = json.load(f)
+                except (OSError, ValueError):
+                    sizes[folder] = {}
+            n = sizes[folder].get(os.path.basename(shard.url))
+        if n is None:
+            return None
+        total += int(n)
+    return total
 
 
 def open_shard(url: str):

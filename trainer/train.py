@@ -7,7 +7,7 @@
 BASIC-style, the contrastive batch is independent of device memory; the flags combine freely:
 
     torchrun --nproc-per-node 8 -m trainer train --data out/manifest.json --output runs/basic \
-        --model base --batch-size 8192 --accum-steps 32 --loss-impl tiled --grad-checkpointing \
+        --model base --batch-size 8192 --micro-batch-size 256 --loss-impl tiled --grad-checkpointing \
         --strategy fsdp --precision bf16 --image-size 112 --context-length 16 --patch-dropout 0.5 \
         --finetune-at 95000 --finetune-image-size 224 --finetune-context-length 77 --steps 100000
 
@@ -48,7 +48,7 @@ from trainer.distributed import (
     init_distributed,
 )
 from trainer.loss import batch_accuracy, caption_groups, contrastive_loss
-from trainer.monitor import MetricsLog, SeenKeys, StallWatchdog
+from trainer.monitor import MetricsLog, RemainingTime, SeenKeys, StallWatchdog, format_duration
 from trainer.position import DataPosition, PositionTracker
 from trainer.schedule import data_at, in_finetune_phase, input_sizes_at, lr_at
 from trainer.session import Session, full_model, save, setup, tokenizer_for, uses_bf16
@@ -140,7 +140,14 @@ def run(cfg: RunConfig, world: World) -> int:
     t, run_dir = cfg.train, Path(cfg.train.output)
     s = setup(cfg, world)
     tracker = PositionTracker(s.position, world.rank)
-    metrics = MetricsLog(run_dir, enabled=world.is_main)
+    metrics = MetricsLog(
+        run_dir,
+        enabled=world.is_main,
+        report_to=t.report_to,
+        wandb_project=t.wandb_project,
+        run_name=t.run_name,
+        config=dataclasses.asdict(cfg),
+    )
     global_batch = cfg.data.batch_size * world.world_size
     if world.is_main:
         data = data_at(s.step, cfg.schedule, cfg.data, s.model.cfg)
@@ -155,7 +162,7 @@ def run(cfg: RunConfig, world: World) -> int:
             world.device,
         )
         per_epoch = total_samples(s.shards)
-        if per_epoch is not None:  # known from a manifest
+        if per_epoch is not None:  # known from a manifest or sizes.json
             log.info("an epoch is %d samples = %.1f steps", per_epoch, per_epoch / global_batch)
         if s.resumed:
             metrics.write({"event": "resume", "step": s.step, "world_size": world.world_size})
@@ -163,6 +170,7 @@ def run(cfg: RunConfig, world: World) -> int:
     held_out = load_held_out(s, cfg, world)
     autocast = autocast_for(t.precision, world.device)
     nonfinite_run, window_start, window_steps = 0, time.monotonic(), 0
+    eta = RemainingTime(s.step, t.steps)
     finetuning = in_finetune_phase(s.step, cfg.schedule)
     batches = open_batches(s, cfg, s.position, world)
     stop, watchdog = StopSignal(), StallWatchdog(t.stall_timeout, world.rank)
@@ -204,17 +212,19 @@ def run(cfg: RunConfig, world: World) -> int:
             if s.step % t.log_every == 0 or s.step == t.steps:
                 elapsed = time.monotonic() - window_start
                 record = progress_record(s, result, lr, window_steps * global_batch / elapsed)
+                record["eta_s"] = eta.seconds(s.step)
                 epoch = int(batch["sample"][:, 0].min())  # of this rank's last batch
                 metrics.write({**record, "epoch": epoch, "skipped": tracker.skipped()})
                 if world.is_main:
                     log.info(
-                        "step %d/%d loss %.4f lr %.3g temperature %.4f %.1f samples/s",
+                        "step %d/%d loss %.4f lr %.3g temperature %.4f %.1f samples/s ETA %s",
                         s.step,
                         t.steps,
                         result.loss,
                         lr,
                         record["temperature"],
                         record["samples_per_s"],
+                        format_duration(record["eta_s"]),
                     )
                 window_start, window_steps = time.monotonic(), 0
             last = s.step == t.steps

@@ -11,9 +11,7 @@ input == written + Σfailed + Σfiltered + Σduplicate + Σinvalid.
 
 from __future__ import annotations
 
-import collections
 import logging
-import time
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -116,29 +114,3 @@ class WriteStats(beam.PTransform):
             warnings=beam.pvalue.AsSingleton(warning_counts),
             output=self.output,
         )
-
-
-class LogProgress(beam.DoFn):
-    """Logs a progress line at most every `every` seconds per worker (DirectRunner shows it)."""
-
-    def __init__(self, every: float = 10.0):
-        self.every = every
-
-    def setup(self):
-        self._counts = collections.Counter()
-        self._start = self._last = time.monotonic()
-
-    def process(self, row):
-        self._counts[row["status"]] += 1
-        now = time.monotonic()
-        if now - self._last >= self.every:
-            self._last = now
-            total = sum(self._counts.values())
-            parts = ", ".join(f"{k} {v}" for k, v in sorted(self._counts.items()))
-            logger.info(
-                "progress: %d rows done (%s), %.1f rows/s",
-                total,
-                parts,
-                total / (now - self._start),
-            )
-        yield row

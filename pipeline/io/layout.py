@@ -20,6 +20,11 @@ GALLERY_NAME = f"{REPORT_DIR}/gallery.json"  # the gallery's sampled rows, which
 REJECTS_DIR = "rejects"  # rejects/*.parquet: every row not written, with its reason
 FOUND_NAME = "decontamination.json"
 STAGING_DIR = "_staging"  # the crawl log of --resume
+PROGRESS_DIR = (
+    "_progress"  # while a job runs: each worker's running counts (accounting/progress.py)
+)
+TENSORBOARD_DIR = "tensorboard"  # --report-to tensorboard: the funnel as scalars
+WANDB_DIR = "wandb"  # --report-to wandb: the run's local files
 # everything a run writes into OUTPUT (what --overwrite clears)
 OUTPUT_NAMES = (
     SHARDS_DIR,
@@ -30,6 +35,9 @@ OUTPUT_NAMES = (
     REPORT_DIR,
     FOUND_NAME,
     STAGING_DIR,
+    PROGRESS_DIR,
+    TENSORBOARD_DIR,
+    WANDB_DIR,
 )
 
 

@@ -18,7 +18,7 @@ import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import StandardOptions
 
-from pipeline.accounting.stats import LogProgress
+from pipeline.accounting.progress import ReportProgress
 from pipeline.crawl.download import DownloadImages
 from pipeline.crawl.images import DecodeResize
 from pipeline.curation.captions import AnnotateCaptions
@@ -36,6 +36,7 @@ from pipeline.io.staging import ReadStaged, SkipStaged, StageRows, staging_dir
 from pipeline.io.url_lists import InputError, ReadPairs, resolve
 from pipeline.jobs.options import CurateConfig, CurateOptions, config_from_options
 from pipeline.jobs.shell import (
+    MonitorOptions,
     clear,
     existing_outputs,
     finish,
@@ -70,6 +71,13 @@ def read_and_fetch(p: beam.Pipeline, cfg: CurateConfig) -> dict:
         warnings = read["warnings"]
     else:
         read = p | "ReadPairs" >> ReadPairs(cfg.read)
+        # every input row, counted as read: a shuffle (DedupeUrls) separates reading from
+        # downloading, so the total is known before the first download, and the ETA with it
+        _ = (
+            (read["pairs"], read["invalid"])
+            | "InputRows" >> beam.Flatten()
+            | "ReportTotal" >> beam.ParDo(ReportProgress(cfg.output, "total"))
+        )
         warnings = p | "NoWarnings" >> beam.Create([])
         deduped = read["pairs"] | "DedupeUrls" >> DedupeUrls()
         url_duplicates = deduped["duplicates"]
@@ -86,6 +94,7 @@ def read_and_fetch(p: beam.Pipeline, cfg: CurateConfig) -> dict:
             pairs = {"pairs": pairs, "staged": staged} | "SkipStaged" >> SkipStaged()
         fetched = pairs | "DownloadImages" >> DownloadImages(cfg.download)
     images = fetched | "DecodeResize" >> DecodeResize(cfg.image)
+    _ = images | "ReportProcessed" >> beam.ParDo(ReportProgress(cfg.output, "processed"))
     if cfg.staging:
         images = images | "StageRows" >> StageRows(cfg.output, extra, cfg.staging_flush_rows)
     if cfg.resume and cfg.read.input_format != "webdataset":
@@ -155,7 +164,7 @@ def build(
     results = (
         (written["rows"], rejects)
         | "AllResults" >> beam.Flatten()
-        | "Progress" >> beam.ParDo(LogProgress())
+        | "ReportDone" >> beam.ParDo(ReportProgress(cfg.output, "done"))
     )
     write_tail(
         cfg.output,
@@ -228,9 +237,9 @@ def run(argv: list[str]) -> Stats:
         cfg.output,
         options.view_as(StandardOptions).runner,
     )
-    run_pipeline(p, cfg.output)
+    run_pipeline(p, cfg.output, PROG)
 
-    stats = finish(cfg.output)  # fails loudly when a row was lost or counted twice
+    stats = finish(cfg.output, options)  # fails loudly when a row was lost or counted twice
     if not opts.keep_staging and FileSystems.exists(staging_dir(cfg.output)):
         FileSystems.delete([staging_dir(cfg.output)])  # the run is complete: the crawl log is spent
     return stats
@@ -244,6 +253,7 @@ def _help(prog: str) -> str:
     )
     CurateOptions._add_argparse_args(parser)
     DaskClusterOptions._add_argparse_args(parser)
+    MonitorOptions._add_argparse_args(parser)
     return (
         parser.format_help()
         + "\nAny Beam pipeline option (--runner, --direct_num_workers, ...) is accepted too.\n"

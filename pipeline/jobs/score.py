@@ -34,12 +34,13 @@ from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from pipeline.accounting.progress import ReportProgress
 from pipeline.curation.recipe import load_recipe
 from pipeline.io.reshard import ReadSource, Source, open_source
 from pipeline.io.shards import save_manifest, write_atomically
 from pipeline.io.url_lists import InputError
 from pipeline.jobs.options import CurateOptions
-from pipeline.jobs.shell import job_main, job_options, run_pipeline
+from pipeline.jobs.shell import MonitorOptions, job_main, job_options, run_pipeline
 from pipeline.results import parquet_schema
 from pipeline.scoring.crossfit import (
     CrossFit,
@@ -182,7 +183,11 @@ class ScoreDataset(beam.PTransform):
                 | "AllFolds" >> beam.combiners.ToDict()
                 | "Scorers" >> beam.Map(lambda n: cross_fit_record(plan, scorers, fold_rows, n))
             )
-        scores = scored | "ByShard" >> beam.Map(_score_entry)
+        scores = (
+            scored
+            | "ReportProcessed" >> beam.ParDo(ReportProgress(self.source.path, "processed"))
+            | "ByShard" >> beam.Map(_score_entry)
+        )
         shards = pbegin | "Shards" >> beam.Create([(s.name, s) for s in self.source.shards])
         counts = (
             {"shard": shards, "scores": scores}
@@ -244,6 +249,8 @@ def run(argv: list[str]) -> tuple[Source, dict]:
     cross_fit = options.view_as(ScoreOptions).cross_fit
     if train_args and cross_fit is None:
         raise InputError(f"trainer flags after -- ({train_args[0]} ...) need --cross-fit K")
+    if options.view_as(MonitorOptions).report_to:
+        raise InputError("--report-to: score has no funnel to report (curate and select do)")
     source = open_source(spec)
     if cross_fit is None:
         scorer = check_scoring(cfg, ())  # loads the model once, here: one clear error if unusable
@@ -256,7 +263,7 @@ def run(argv: list[str]) -> tuple[Source, dict]:
         save_manifest(dataclasses.replace(source.manifest, scorer=None), source.path)
     p = beam.Pipeline(options=options)
     _ = p | "ScoreDataset" >> transform
-    result = run_pipeline(p, source.path)
+    result = run_pipeline(p, source.path, PROG, total=source.manifest.total_samples)
     counters = result.metrics().query(MetricsFilter().with_namespace("score"))["counters"]
     totals: dict[str, int] = {}
     for c in counters:  # one ScorePairs step per fold: the same counter in each
@@ -278,6 +285,8 @@ def _help(prog: str) -> str:
         "--recipe: only its `score` section (batch_size, device, threads, large_model) is\n"
         "read. Any Beam pipeline option (--runner, --direct_num_workers, ...) is accepted;\n"
         "--runner dask with --dask-address tcp://HOST:PORT or --dask-workers N.\n"
+        "--progress-every SECONDS: a progress line this often (default: 1 s on a terminal,\n"
+        "30 s otherwise; 0: none).\n"
     )
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from pipeline.accounting.progress import ReportProgress
 from pipeline.curation.captions import AnnotateCaptions, CaptionConfig
 from pipeline.curation.recipe import ApplyStages, Recipe, load_recipe, with_overrides
 from pipeline.curation.rules import Rule, Where, check_rules, parse_rule
@@ -35,6 +36,7 @@ from pipeline.io.url_lists import InputError
 from pipeline.jobs import shell
 from pipeline.jobs.options import CurateOptions
 from pipeline.jobs.shell import (
+    MonitorOptions,
     finish,
     gallery_config,
     job_main,
@@ -108,6 +110,7 @@ def build(
         )
         rows = rows | "DetectLanguage" >> AnnotateCaptions(captions)
     input_count = rows | "CountInput" >> beam.combiners.Count.Globally()
+    _ = rows | "ReportProcessed" >> beam.ParDo(ReportProgress(cfg.output, "processed"))
 
     stages = [("Where", Where(cfg.rules))] if cfg.rules else []
     stages += [(f"Select:{s}", cfg.recipe.transform(s, cfg.output)) for s in cfg.recipe.stages]
@@ -133,7 +136,9 @@ def build(
         cfg.output,
         written=written,
         rejects=rejects,
-        results=(written["rows"], rejects) | "AllResults" >> beam.Flatten(),
+        results=(written["rows"], rejects)
+        | "AllResults" >> beam.Flatten()
+        | "ReportDone" >> beam.ParDo(ReportProgress(cfg.output, "done")),
         input_count=input_count,
         extra_fields=source.extra_fields,
         options_record=options_record,
@@ -254,8 +259,8 @@ def run(argv: list[str]) -> Stats:
     p = beam.Pipeline(options=options)
     build(p, replace(cfg, output=cfg.output.rstrip("/")), source, scorer, record)
     logger.info("selecting %s -> %s", source.path, cfg.output)
-    run_pipeline(p, cfg.output)
-    return finish(cfg.output)
+    run_pipeline(p, cfg.output, PROG, total=source.manifest.total_samples)
+    return finish(cfg.output, options)
 
 
 def _help(prog: str) -> str:
@@ -278,6 +283,7 @@ def _help(prog: str) -> str:
     g.add_argument("--overwrite", action="store_true")
     SelectOptions._add_argparse_args(parser)
     DaskClusterOptions._add_argparse_args(parser)
+    MonitorOptions._add_argparse_args(parser)
     return (
         parser.format_help()
         + "\nAny Beam pipeline option (--runner, --direct_num_workers, ...) is accepted too.\n"

@@ -22,7 +22,9 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.runners.runner import PipelineResult
 
+from pipeline.accounting.dashboards import report_funnel, report_targets
 from pipeline.accounting.gallery import Gallery, GalleryConfig
+from pipeline.accounting.progress import ProgressMonitor
 from pipeline.accounting.report import write_report
 from pipeline.accounting.stats import WriteStats
 from pipeline.curation.decontaminate import refusal
@@ -103,6 +105,36 @@ def job_main(argv: list[str] | None, prog: str, help_text, run_job) -> int:
     return 0
 
 
+class MonitorOptions(PipelineOptions):
+    """What every job shows while it runs and reports when it ends."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        g = parser.add_argument_group("progress and dashboards")
+        g.add_argument(
+            "--progress-every",
+            dest="progress_every",
+            type=float,
+            default=None,
+            metavar="SECONDS",
+            help="a progress line (rows done, rows/s, failures, ETA) this often; default: 1 s "
+            "on a terminal (one line, rewritten), 30 s otherwise (logged); 0: none",
+        )
+        g.add_argument(
+            "--report-to",
+            dest="report_to",
+            default=None,
+            metavar="tensorboard,wandb",
+            help="the funnel (stats.json) also to OUTPUT/tensorboard/ and/or wandb at the end",
+        )
+        g.add_argument(
+            "--wandb-project-name",
+            dest="wandb_project_name",
+            default="webpairs",
+            metavar="PROJECT",
+        )
+
+
 def job_options(argv: list[str]) -> PipelineOptions:
     """The job's Beam options: unknown flags refused, DirectRunner unless a runner is given,
     `--runner dask` resolved (pipeline/runners/cluster.py)."""
@@ -111,6 +143,7 @@ def job_options(argv: list[str]) -> PipelineOptions:
     check_flags(argv, options)
     if options.view_as(StandardOptions).runner is None:
         options.view_as(StandardOptions).runner = "DirectRunner"
+    report_targets(options.view_as(MonitorOptions).report_to)  # an unknown one fails now
     return options
 
 
@@ -180,12 +213,17 @@ def write_tail(
     _ = gallery_rows | "Gallery" >> Gallery(gallery, fetch_images)
 
 
-def run_pipeline(p: beam.Pipeline, output: str) -> PipelineResult:
-    """Runs the job to its end (on its dask cluster, with `--runner dask`). A refusal the
-    pipeline recorded in OUTPUT (an evaluation set too unreadable to protect) becomes one
-    error line, whichever runner raised what."""
+def run_pipeline(
+    p: beam.Pipeline, output: str, prog: str = "webpairs", total: int | None = None
+) -> PipelineResult:
+    """Runs the job to its end (on its dask cluster, with `--runner dask`), showing its
+    progress (accounting/progress.py). A refusal the pipeline recorded in OUTPUT (an
+    evaluation set too unreadable to protect) becomes one error line, whichever runner
+    raised what."""
+    every = p.options.view_as(MonitorOptions).progress_every
     try:
-        with dask_cluster(p.options, output) if uses_dask(p.options) else nullcontext():
+        cluster = dask_cluster(p.options, output) if uses_dask(p.options) else nullcontext()
+        with cluster, ProgressMonitor(output, prog, every, total):
             result = p.run()
             result.wait_until_finish()
         return result
@@ -198,11 +236,15 @@ def run_pipeline(p: beam.Pipeline, output: str) -> PipelineResult:
         raise InputError(refused) from None
 
 
-def finish(output: str) -> Stats:
+def finish(output: str, options: PipelineOptions | None = None) -> Stats:
     """After the pipeline ran: the funnel read back and checked (a lost or doubly counted row
-    fails the job), and report.html written."""
+    fails the job), report.html written, and the funnel sent to --report-to's dashboards."""
     with FileSystems.open(join_path(output, STATS_NAME)) as f:
         stats = Stats.from_json(f.read().decode("utf-8"))
     stats.check()
     write_report(output)
+    if options is not None:
+        monitor = options.view_as(MonitorOptions)
+        targets = report_targets(monitor.report_to)
+        report_funnel(output, stats, targets, monitor.wandb_project_name)
     return stats

@@ -9,6 +9,7 @@ module (a start costs seconds)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -95,7 +96,10 @@ def run_into(out: Path, keep: Path, job, args: list[str]) -> None:
     shutil.move(out, keep)
 
 
-def test_curate_on_two_dask_workers_is_byte_identical_to_direct_runner(web_images, tmp_path):
+def test_curate_on_two_dask_workers_is_byte_identical_to_direct_runner(
+    web_images, tmp_path, caplog
+):
+    caplog.set_level(logging.INFO, logger="pipeline.accounting.progress")
     with serve(web_images) as site:
         inp = tmp_path / "urls.parquet"
         pq.write_table(pa.Table.from_pylist(crawl_rows(site)), inp)
@@ -109,11 +113,19 @@ def test_curate_on_two_dask_workers_is_byte_identical_to_direct_runner(web_image
             ],
             "dask": ["--runner", "dask", "--dask-workers", "2"],  # a local cluster for the job
         }
+        finals = {}
         for mode, extra in modes.items():
+            caplog.clear()
             run_into(out, tmp_path / mode, curate, args + extra)
+            # the workers' progress files, wherever they ran, add up to the funnel
+            (finals[mode],) = [m for m in caplog.messages if " rows finished in " in m]
     direct = files(tmp_path / "in_memory", "manifest.json", "stats.json")
     stats = Stats.from_json(direct["stats.json"].decode())
     assert stats.written >= 6 and stats.failed and stats.duplicate and stats.invalid  # a real mix
+    outcomes = {s: sum(getattr(stats, s).values()) for s in ("failed", "duplicate", "invalid")}
+    funnel = ", ".join(f"{k} {v}" for k, v in sorted({**outcomes, "ok": stats.written}.items()))
+    for mode, line in finals.items():
+        assert line.endswith(f"({funnel})"), (mode, line)
     for mode in ("multi_processing", "dask"):
         assert files(tmp_path / mode, "manifest.json", "stats.json") == direct, mode
         assert rejects(tmp_path / mode) == rejects(tmp_path / "in_memory"), mode

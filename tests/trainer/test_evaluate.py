@@ -3,6 +3,7 @@
 import io
 import json
 import tarfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +12,8 @@ from PIL import Image
 
 from trainer.cli import main as train_main
 from trainer.configs import EvalConfig, UserError
-from trainer.evaluate import evaluate, main
+from trainer.evaluate import evaluate, main, zeroshot_prompts
+from trainer.prompts import read_templates
 from trainer.tokenizer import CaptionTokenizer, byte_tokenizer
 
 TOKENIZER = CaptionTokenizer(byte_tokenizer(), context_length=32)
@@ -146,9 +148,23 @@ def test_eval_cli_prints_top1_and_top5_for_a_trained_checkpoint(
     assert main(["--checkpoint", str(run_dir), "--zeroshot", str(colour_folder)]) == 0
     lines = dict(line.split() for line in capsys.readouterr().out.splitlines())
     assert 0 <= float(lines["top-1"]) <= float(lines["top-5"]) == 1.0
+    # the printout, as JSON beside the checkpoint evaluated (the run's latest)
     checkpoint = run_dir / "checkpoints" / "step-00000003.pt"
-    assert main(["--checkpoint", str(checkpoint), "--retrieval", f"{digit_shards[0]}"]) == 0
-    assert "image_to_text_R@1" in capsys.readouterr().out
+    assert lines["results:"] == str(run_dir / "checkpoints" / "step-00000003.eval.json")
+    saved = json.loads(Path(lines["results:"]).read_text())
+    assert saved["checkpoint"] == str(checkpoint) and saved["zeroshot"] == str(colour_folder)
+    assert f"{saved['results']['top-1']:.4f}" == lines["top-1"]
+    assert saved["results"]["zeroshot_images"] == int(lines["zeroshot_images"])
+    assert saved["prompts"]["classnames"] == [["blue"], ["green"], ["red"]]
+
+    elsewhere = tmp_path / "r.json"
+    argv = ["--checkpoint", str(checkpoint), "--retrieval", f"{digit_shards[0]}"]
+    assert main([*argv, "--results", str(elsewhere)]) == 0
+    lines = dict(line.split() for line in capsys.readouterr().out.splitlines())
+    recall = json.loads(elsewhere.read_text())["results"]
+    for k in (1, 5, 10):
+        for way in ("image_to_text", "text_to_image"):
+            assert f"{recall[f'{way}_R@{k}']:.4f}" == lines[f"{way}_R@{k}"]
 
 
 def test_eval_cli_user_errors(tmp_path, capsys):
@@ -172,6 +188,19 @@ def test_a_class_is_recognised_by_any_of_its_names(colour_folder):
             16,
             "cpu",
         )
+
+
+def test_openai_imagenet_templates_are_a_named_set(colour_folder, tmp_path, monkeypatch):
+    templates = read_templates("openai_imagenet")
+    assert len(templates) == len(set(templates)) == 80 and all("{}" in t for t in templates)
+    assert templates[0] == "a bad photo of a {}." and templates[-1] == "a tattoo of the {}."
+    prompts, _ = zeroshot_prompts(
+        EvalConfig(zeroshot=str(colour_folder), templates="openai_imagenet")
+    )
+    assert prompts.templates == templates and prompts.texts(0)[0] == "a bad photo of a blue."
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "openai_imagenet").write_text("my {}\n")  # a file of that name is a file
+    assert read_templates("openai_imagenet") == ["my {}"]
 
 
 def test_eval_json_holds_the_prompts(digit_shards, colour_folder, tmp_path, capsys):

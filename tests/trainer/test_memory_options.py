@@ -24,7 +24,8 @@ def everything(finetune_at: int = 3) -> list[str]:
     """BASIC + SigLIP + CLIPA/FLIP on one CPU: 16 px images and 8-token captions, then 32 and 32
     from step `finetune_at` on."""
     return [
-        *("--accum-steps", "2", "--loss", "sigmoid", "--loss-impl", "tiled", "--loss-tile", "3"),
+        *("--micro-batch-size", "4", "--loss", "sigmoid", "--loss-impl", "tiled"),
+        *("--loss-tile", "3"),
         *("--grad-checkpointing", "--precision", "bf16", "--patch-dropout", "0.5"),
         *("--image-size", "16", "--context-length", "8", "--finetune-at", str(finetune_at)),
         *("--finetune-image-size", "32", "--finetune-context-length", "32"),
@@ -34,7 +35,7 @@ def everything(finetune_at: int = 3) -> list[str]:
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--accum-steps", "16"], "--accum-steps 16 is more than --batch-size 8"),
+        (["--micro-batch-size", "16"], "--micro-batch-size 16 is more than the batch of 8"),
         (["--loss-tile", "0"], "--loss-tile must be at least 1"),
         (["--model", "tiny-resnet", "--patch-dropout", "0.5"], "patch dropout needs a ViT"),
         (["--patch-dropout", "1"], "patch dropout must be in [0, 1)"),

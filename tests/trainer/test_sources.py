@@ -21,6 +21,19 @@ def test_brace_pattern_glob_and_manifest_give_the_same_shards(digit_shards, digi
     assert total_samples(manifest) == 64 and total_samples(brace) is None
 
 
+def test_a_sizes_json_beside_the_shards_counts_them(digit_shards, tmp_path):
+    """OpenCLIP's count file, which `webpairs curate` writes beside its tars."""
+    import json
+    import shutil
+
+    for shard in digit_shards:
+        shutil.copy(shard, tmp_path / shard.name)
+    (tmp_path / "sizes.json").write_text(json.dumps({p.name: 16 for p in digit_shards[:3]}))
+    assert total_samples(resolve_sources([f"{tmp_path}/{{00000..00002}}.tar"])) == 48
+    everything = resolve_sources([f"{tmp_path}/*.tar"])  # the fourth is not listed: no total
+    assert total_samples(everything) is None
+
+
 def test_several_sources_are_numbered(digit_shards):
     shards = resolve_sources([str(digit_shards[0]), f"{digit_shards[0].parent}/0000[23].tar"])
     assert [s.source for s in shards] == [0, 1, 1]
