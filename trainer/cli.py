@@ -72,9 +72,11 @@ def build_train_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--tokenizer",
-        metavar="FILE|byte|bpe",
+        metavar="FILE|byte|bpe|openai-clip",
         help="a tokenizer.json; byte: byte-level, no merges; bpe: a byte-level BPE learnt from "
-        "the first --bpe-captions captions, saved as RUN/tokenizer.json (default: the preset's)",
+        "the first --bpe-captions captions, saved as RUN/tokenizer.json; openai-clip: OpenAI "
+        "CLIP's BPE (open_clip.tokenize's ids) (default: the preset's; OpenCLIP models: "
+        "openai-clip)",
     )
     g.add_argument("--bpe-vocab-size", type=int, default=d.bpe_vocab_size, metavar="N")
     g.add_argument("--bpe-captions", type=int, default=d.bpe_captions, metavar="N")

@@ -37,12 +37,18 @@ from trainer.configs import (
 )
 from trainer.data import check_data, new_position
 from trainer.distributed import World, all_gather_objects, barrier, is_sharded, wrap_model
-from trainer.model import CLIP
+from trainer.model import CLIP, model_from_config
 from trainer.monitor import truncate_seen_keys
 from trainer.position import DataPosition, PositionTracker, Topology
 from trainer.schedule import check_input_sizes, data_at
 from trainer.sources import resolve_sources
-from trainer.tokenizer import CaptionTokenizer, byte_tokenizer, shard_captions, train_tokenizer
+from trainer.tokenizer import (
+    OPENAI_CLIP,
+    CaptionTokenizer,
+    byte_tokenizer,
+    shard_captions,
+    train_tokenizer,
+)
 from trainer.validation import in_validation
 
 log = logging.getLogger(__name__)
@@ -82,7 +88,7 @@ def make_optimizer(model: CLIP, cfg: TrainConfig) -> torch.optim.AdamW:
 
 def build_model(cfg: ModelConfig, t: TrainConfig, device: torch.device) -> CLIP:
     check_compile(t, device)
-    model = CLIP(cfg).to(device)
+    model = model_from_config(cfg).to(device)
     model.set_grad_checkpointing(t.grad_checkpointing)
     if t.compile:  # block by block, before sharding: what FSDP2 and checkpointing expect
         for unit in model.layer_units():
@@ -131,15 +137,18 @@ def tokenizer_for(tokenizer: CaptionTokenizer, context_length: int) -> CaptionTo
     """The same tokenizer, truncating to `context_length` tokens (CLIPA's short captions)."""
     if context_length == tokenizer.context_length:
         return tokenizer
-    return CaptionTokenizer(tokenizer.tokenizer, context_length)
+    return CaptionTokenizer(tokenizer.tokenizer, context_length, tokenizer.clean)
 
 
 def initial_tokenizer(cfg: RunConfig, world: World, context_length: int) -> CaptionTokenizer:
-    """--tokenizer FILE, "byte" (256 bytes, no merges) or "bpe": a byte-level BPE that rank 0
+    """--tokenizer FILE, "openai-clip" (OpenAI CLIP's BPE, OpenCLIP's ids), "byte" (256
+    bytes, no merges) or "bpe": a byte-level BPE that rank 0
     learns from the first --bpe-captions training captions (never validation pairs), written
     to RUN/tokenizer.json and handed to every rank."""
     t = cfg.train
     kind = t.tokenizer or DEFAULT_TOKENIZER
+    if kind == OPENAI_CLIP:
+        return CaptionTokenizer.openai_clip(context_length)
     if kind not in ("byte", "bpe"):
         return CaptionTokenizer.from_file(kind, context_length)
     if kind == "byte":
@@ -264,6 +273,6 @@ def full_model(s: Session, world: World) -> CLIP | None:
     state = full_model_state(s.model)
     if not world.is_main:
         return None
-    model = CLIP(s.model.cfg)
+    model = model_from_config(s.model.cfg)
     model.load_state_dict(state)
     return model.to(world.device)
