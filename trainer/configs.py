@@ -152,7 +152,16 @@ class TrainConfig:
     log_every: int = 10  # steps between progress lines and metrics records
     max_nonfinite: int = 5  # stop after this many non-finite steps in a row
     stall_timeout: float = 600.0  # seconds without a batch before a rank reports a stall
-    tokenizer: str | None = None  # tokenizer.json, "byte" or "bpe"; None: the default (session.py)
+    tokenizer: str | None = None  # tokenizer.json, "byte", "bpe", "openai-clip"; None: session.py's
+    # fine-tuning (OpenCLIP's flag names): the weights a fresh run starts from, frozen towers
+    pretrained: str | None = None  # OpenCLIP / OpenAI weights file, or one of our checkpoints
+    lock_image: bool = False  # LiT: the image tower frozen (no gradients, no optimizer state)
+    lock_image_unlocked_groups: int = 0  # ... but for its last N layer groups
+    lock_image_freeze_bn_stats: bool = False  # ... and its BatchNorm statistics (eval mode)
+    lock_text: bool = False  # the text tower frozen
+    lock_text_unlocked_layers: int = 0  # ... but for its last N layer groups
+    lr_image: float | None = None  # peak learning rate of the image tower; None: the run's
+    lr_text: float | None = None  # peak learning rate of the text tower; None: the run's
     bpe_vocab_size: int = 8192  # "bpe": at most this many tokens (fewer when captions repeat)
     bpe_captions: int = 20000  # "bpe": learnt from the first this many training captions
     strategy: str = "ddp"  # "ddp" (replicated weights) or "fsdp" (FSDP2: sharded per block)

@@ -109,12 +109,7 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) 
 def load_pretrained(model: nn.Module, path: str) -> None:
     """OpenCLIP / OpenAI weights from `path` into `model` (an open_clip-family model)."""
     cfg: ModelConfig = model.cfg
-    if cfg.family != "open_clip":
-        raise UserError(
-            f"--pretrained loads OpenCLIP / OpenAI weights into an OpenCLIP architecture "
-            f"(--model ViT-B-32, RN50, a config .json), not into our preset {cfg.name!r}; "
-            f"to continue one of our runs, give its checkpoint"
-        )
+    check_openclip_family(cfg)
     if is_torchscript(path) and not cfg.quick_gelu:
         log.warning(
             "%s looks like OpenAI's checkpoint, trained with QuickGELU: use --model %s%s",
@@ -124,6 +119,15 @@ def load_pretrained(model: nn.Module, path: str) -> None:
         )
     load_weights(model, openclip_state_dict(read_weights(path)), str(path))
     log.info("loaded pretrained weights %s", path)
+
+
+def check_openclip_family(cfg: ModelConfig) -> None:
+    if cfg.family != "open_clip":
+        raise UserError(
+            f"--pretrained loads OpenCLIP / OpenAI weights into an OpenCLIP architecture "
+            f"(--model ViT-B-32, RN50, a config .json), not into our preset {cfg.name!r}; "
+            f"to continue one of our runs, give its checkpoint"
+        )
 
 
 def load_openclip(arch: str, path: str, device: str | torch.device = "cpu"):
