@@ -30,7 +30,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
 
-from pipeline.curation.recipe import load_recipe
+from pipeline.curation.recipe import Recipe, load_recipe, with_score_model
 from pipeline.io.reshard import ReadSource, Source, open_source
 from pipeline.io.shards import save_manifest, write_atomically
 from pipeline.io.url_lists import InputError
@@ -47,7 +47,7 @@ logger = logging.getLogger(__name__)
 PROG = "webpairs score"
 
 
-_SHARED = {"input", "score_checkpoint", "recipe"}
+_SHARED = {"input", "score_checkpoint", "score_model", "score_pretrained", "recipe"}
 
 
 def scored_table(table: pa.Table, scores: dict, extra: tuple[pa.Field, ...]) -> pa.Table:
@@ -154,8 +154,18 @@ def config_from_options(opts: CurateOptions) -> tuple[str, ScoreConfig]:
     cfg = load_recipe(opts.recipe).score if "recipe" in given else ScoreConfig()
     if opts.score_checkpoint:
         cfg = dataclasses.replace(cfg, checkpoint=opts.score_checkpoint)
-    if not cfg.checkpoint:
-        raise InputError("--score-checkpoint (a trainer checkpoint or run folder) is required")
+    try:
+        score = with_score_model(
+            Recipe(score=cfg), opts.score_model, opts.score_pretrained, opts.score_checkpoint
+        ).score
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    if not score.checkpoint:
+        raise InputError(
+            "--score-checkpoint (a trainer checkpoint or run folder) or --score-model ARCH "
+            "--score-pretrained WEIGHTS is required"
+        )
+    cfg = score
     return opts.input, cfg
 
 
@@ -177,7 +187,8 @@ def run(argv: list[str]) -> tuple[Source, dict]:
 
 def _help(prog: str) -> str:
     return (
-        f"usage: {prog} --input OUTPUT --score-checkpoint RUN_OR_FILE [--recipe RECIPE]\n\n"
+        f"usage: {prog} --input OUTPUT --score-checkpoint RUN_OR_FILE [--recipe RECIPE]\n"
+        f"       {prog} --input OUTPUT --score-model ARCH --score-pretrained WEIGHTS\n\n"
         "Record a trainer checkpoint's CLIP score and embeddings in a webpairs output's\n"
         "per-shard parquet (the tars are not rewritten); the manifest names the model.\n"
         "--recipe: only its `score` section (batch_size, device, threads, large_model) is\n"

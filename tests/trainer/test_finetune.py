@@ -21,9 +21,12 @@ FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "openclip"
 
 @pytest.fixture(scope="module")
 def openclip_weights(tmp_path_factory) -> tuple[Path, Path]:
+    return small_openclip_weights(tmp_path_factory.mktemp("openclip"))
+
+
+def small_openclip_weights(folder: Path) -> tuple[Path, Path]:
     """(an OpenCLIP config .json, weights in OpenCLIP's format): the fixture's small ViT with
     OpenAI CLIP's vocabulary, exported from one of our checkpoints."""
-    folder = tmp_path_factory.mktemp("openclip")
     tokenizer = CaptionTokenizer.openai_clip()
     cfg = get_model_config(str(FIXTURE / "vit.json"), [f"text.vocab_size={tokenizer.vocab_size}"])
     cfg.text.eot_token_id = tokenizer.eot_id
