@@ -162,8 +162,8 @@ def config_from_options(opts: CurateOptions) -> tuple[str, ScoreConfig]:
         raise InputError(str(e)) from None
     if not score.checkpoint:
         raise InputError(
-            "--score-checkpoint (a trainer checkpoint or run folder) or --score-model ARCH "
-            "--score-pretrained WEIGHTS is required"
+            "--score-checkpoint (a trainer checkpoint or run folder) is required (or "
+            "--score-model ARCH --score-pretrained WEIGHTS)"
         )
     cfg = score
     return opts.input, cfg
