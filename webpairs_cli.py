@@ -27,6 +27,7 @@ COMMANDS = {
     "train": ("trainer.cli", "train a CLIP/BASIC dual encoder on shards"),
     "eval": ("trainer.evaluate", "zero-shot classification and retrieval"),
     "tokenizer": ("trainer.tokenizer", "train or inspect a BPE tokenizer"),
+    "export": ("trainer.pretrained", "write a checkpoint open_clip loads (--format open_clip)"),
     "demo": ("pipeline.demo.app", "the whole system on bundled data, no network"),
 }
 

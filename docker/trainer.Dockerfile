@@ -13,6 +13,7 @@ COPY trainer ./trainer
 # the rest of the trainer's needs are small.
 RUN pip install --no-cache-dir --no-deps . \
     && pip install --no-cache-dir "webdataset>=0.2.86,<2" "braceexpand>=0.1.7,<1" "tokenizers>=0.15,<1" \
+        "safetensors>=0.4,<1" "ftfy>=6.1,<7" \
         "pillow>=10.1,<13" "numpy>=1.24,<3" "pyarrow>=14,<30" "fsspec[gcs,s3]>=2023.6"
 # --report-to tensorboard (the default)
 RUN pip install --no-cache-dir "tensorboard>=2.14,<3"

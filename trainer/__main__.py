@@ -8,6 +8,7 @@ COMMANDS = {
     "train": "trainer.cli",
     "eval": "trainer.evaluate",
     "tokenizer": "trainer.tokenizer",
+    "export": "trainer.pretrained",
 }
 
 

@@ -44,7 +44,7 @@ from torch.distributed.checkpoint.state_dict import (
 
 from trainer.configs import UserError, model_config_from_dict
 from trainer.distributed import barrier, is_distributed, is_sharded
-from trainer.model import CLIP
+from trainer.model import CLIP, model_from_config
 from trainer.tokenizer import CaptionTokenizer
 
 log = logging.getLogger(__name__)
@@ -284,7 +284,7 @@ def load_model(checkpoint: str, device: torch.device) -> tuple[CLIP, CaptionToke
     """Model and tokenizer from a checkpoint file or a run folder (its latest checkpoint)."""
     state = load_checkpoint(resolve_checkpoint(checkpoint))
     cfg = model_config_from_dict(state["model_config"])
-    model = CLIP(cfg)
+    model = model_from_config(cfg)
     model.load_state_dict(state["model"])
     tokenizer = CaptionTokenizer.from_json(state["tokenizer"], cfg.text.context_length)
     return model.to(device).eval(), tokenizer

@@ -86,9 +86,11 @@ def build_train_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--tokenizer",
-        metavar="FILE|byte|bpe",
+        metavar="FILE|byte|bpe|openai-clip",
         help="a tokenizer.json; byte: byte-level, no merges; bpe: a byte-level BPE learnt from "
-        "the first --bpe-captions captions, saved as RUN/tokenizer.json (default: the preset's)",
+        "the first --bpe-captions captions, saved as RUN/tokenizer.json; openai-clip: OpenAI "
+        "CLIP's BPE (open_clip.tokenize's ids) (default: the preset's; OpenCLIP models: "
+        "openai-clip)",
     )
     g.add_argument("--bpe-vocab-size", type=int, default=d.bpe_vocab_size, metavar="N")
     g.add_argument("--bpe-captions", type=int, default=d.bpe_captions, metavar="N")
@@ -118,7 +120,9 @@ def build_train_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--model",
         default="tiny",
-        help=f"preset: {', '.join(list_models())} (with --resume: the checkpoint's)",
+        help=f"preset: {', '.join(list_models())}; an OpenCLIP architecture (ViT-B-32, "
+        "ViT-B-16, ViT-L-14, ViT-H-14, RN50, RN101, NAME-quickgelu) or config .json "
+        "(with --resume: the checkpoint's)",
     )
     g.add_argument(
         "--image-size", type=int, help="training resolution (with --finetune-at: before it)"
@@ -149,6 +153,24 @@ def build_train_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a model field, e.g. vision.width=96 (repeatable)",
     )
+    g = p.add_argument_group("fine-tuning (OpenCLIP's flag names)")
+    g.add_argument(
+        "--pretrained",
+        metavar="FILE|RUN",
+        help="start from these weights: OpenCLIP / OpenAI checkpoints (.pt, .bin, .safetensors, "
+        "TorchScript) for an OpenCLIP --model, or one of our checkpoints or run folders (its "
+        "model and tokenizer)",
+    )
+    g.add_argument("--lock-image", action=r, help="freeze the image tower (LiT)")
+    g.add_argument("--lock-image-unlocked-groups", type=int, default=0, metavar="N",
+                   help="leave its last N layer groups training")  # fmt: skip
+    g.add_argument("--lock-image-freeze-bn-stats", action=r,
+                   help="keep its BatchNorm statistics as loaded (eval mode)")  # fmt: skip
+    g.add_argument("--lock-text", action=r, help="freeze the text tower")
+    g.add_argument("--lock-text-unlocked-layers", type=int, default=0, metavar="N",
+                   help="leave its last N layer groups training")  # fmt: skip
+    g.add_argument("--lr-image", type=float, metavar="LR", help="the image tower's peak lr")
+    g.add_argument("--lr-text", type=float, metavar="LR", help="the text tower's peak lr")
     g = p.add_argument_group("optimization")
     g.add_argument("--steps", type=int, default=d.steps)
     g.add_argument("--lr", type=float, help="peak learning rate (default: the preset's)")
@@ -378,6 +400,7 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
         raise UserError(f"--finetune-at {args.finetune_at} must be below --steps {args.steps}")
     if args.workers < 0 or args.warmup < 0 or args.lr <= 0:
         raise UserError("--workers and --warmup must be >= 0 and --lr > 0")
+    check_fine_tuning(args)
     if args.eval_every and not (args.zeroshot or args.retrieval or args.val_fraction):
         raise UserError("--eval-every needs --zeroshot, --retrieval or --val-fraction")
     if not 0 <= args.val_fraction < 1 or args.val_max_samples < 2:
@@ -430,6 +453,14 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
         max_nonfinite=args.max_nonfinite,
         stall_timeout=args.stall_timeout,
         tokenizer=args.tokenizer,
+        pretrained=args.pretrained,
+        lock_image=args.lock_image,
+        lock_image_unlocked_groups=args.lock_image_unlocked_groups,
+        lock_image_freeze_bn_stats=args.lock_image_freeze_bn_stats,
+        lock_text=args.lock_text,
+        lock_text_unlocked_layers=args.lock_text_unlocked_layers,
+        lr_image=args.lr_image,
+        lr_text=args.lr_text,
         bpe_vocab_size=args.bpe_vocab_size,
         bpe_captions=args.bpe_captions,
         strategy=args.strategy,
@@ -456,6 +487,21 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
     return RunConfig(
         model=model, data=data, schedule=schedule, train=train, eval=evaluation, loss=loss
     )
+
+
+def check_fine_tuning(args: argparse.Namespace) -> None:
+    for flag, needs in (
+        ("lock_image_unlocked_groups", "lock_image"),
+        ("lock_image_freeze_bn_stats", "lock_image"),
+        ("lock_text_unlocked_layers", "lock_text"),
+    ):
+        if getattr(args, flag) and not getattr(args, needs):
+            raise UserError(f"--{flag.replace('_', '-')} needs --{needs.replace('_', '-')}")
+    if args.lock_image_unlocked_groups < 0 or args.lock_text_unlocked_layers < 0:
+        raise UserError("--lock-image-unlocked-groups and --lock-text-unlocked-layers must be >= 0")
+    for flag in ("lr_image", "lr_text"):
+        if getattr(args, flag) is not None and getattr(args, flag) <= 0:
+            raise UserError(f"--{flag.replace('_', '-')} must be > 0")
 
 
 def user_error_message(e: BaseException) -> str | None:

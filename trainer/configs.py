@@ -29,7 +29,9 @@ class UserError(Exception):
 
 @dataclass
 class VisionConfig:
-    kind: str = "vit"  # "vit" (patches + transformer) or "resnet" (small ConvNet)
+    kind: str = (
+        "vit"  # "vit" (patches + transformer) or "resnet" (family open_clip: ModifiedResNet)
+    )
     image_size: int = 224  # square input side in pixels
     patch_size: int = 16  # ViT patch side; image_size must be a multiple
     width: int = 768  # ViT embedding width; ResNet channels of the first stage
@@ -43,6 +45,7 @@ class VisionConfig:
     # convolutions down to the patch grid, then 1x1: Xiao et al. 2021, "Early convolutions help
     # transformers see better"); "conv" needs a power-of-two patch size
     stem: str = "patch"
+    resnet_layers: tuple[int, ...] = ()  # ModifiedResNet (family open_clip): blocks per stage
 
 
 @dataclass
@@ -61,7 +64,11 @@ class TextConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "base"
+    name: str = "base"  # a preset, an OpenCLIP architecture or an OpenCLIP config file's stem
+    # "webpairs" (trainer/model.py) or "open_clip": OpenCLIP's parameter names and numerics
+    # (trainer/openclip_models.py; its checkpoints load, ours export to it)
+    family: str = "webpairs"
+    quick_gelu: bool = False  # family open_clip: x * sigmoid(1.702 x), as OpenAI's weights
     embed_dim: int = 512  # width of the shared image-text embedding space
     vision: VisionConfig = field(default_factory=VisionConfig)
     text: TextConfig = field(default_factory=TextConfig)
@@ -150,7 +157,16 @@ class TrainConfig:
     log_every: int = 10  # steps between progress lines and metrics records
     max_nonfinite: int = 5  # stop after this many non-finite steps in a row
     stall_timeout: float = 600.0  # seconds without a batch before a rank reports a stall
-    tokenizer: str | None = None  # tokenizer.json, "byte" or "bpe"; None: the default (session.py)
+    tokenizer: str | None = None  # tokenizer.json, "byte", "bpe", "openai-clip"; None: session.py's
+    # fine-tuning (OpenCLIP's flag names): the weights a fresh run starts from, frozen towers
+    pretrained: str | None = None  # OpenCLIP / OpenAI weights file, or one of our checkpoints
+    lock_image: bool = False  # LiT: the image tower frozen (no gradients, no optimizer state)
+    lock_image_unlocked_groups: int = 0  # ... but for its last N layer groups
+    lock_image_freeze_bn_stats: bool = False  # ... and its BatchNorm statistics (eval mode)
+    lock_text: bool = False  # the text tower frozen
+    lock_text_unlocked_layers: int = 0  # ... but for its last N layer groups
+    lr_image: float | None = None  # peak learning rate of the image tower; None: the run's
+    lr_text: float | None = None  # peak learning rate of the text tower; None: the run's
     bpe_vocab_size: int = 8192  # "bpe": at most this many tokens (fewer when captions repeat)
     bpe_captions: int = 20000  # "bpe": learnt from the first this many training captions
     strategy: str = "ddp"  # "ddp" (replicated weights) or "fsdp" (FSDP2: sharded per block)
@@ -254,13 +270,31 @@ def list_models() -> list[str]:
 
 
 def get_recipe(name: str) -> Recipe:
-    """The preset's recipe; the generic one for a model that is no preset."""
+    """The preset's recipe; the generic one for a model that is no preset (OpenCLIP's
+    architectures: with OpenAI CLIP's tokenizer, as their checkpoints were trained)."""
+    from trainer.openclip_configs import is_openclip_model
+
+    if is_openclip_model(name):
+        return Recipe(tokenizer="openai-clip")
     return _MODELS[name][1] if name in _MODELS else Recipe()
 
 
 def get_model_config(name: str, overrides: list[str] | tuple[str, ...] = ()) -> ModelConfig:
+    """A preset, an OpenCLIP architecture ("ViT-B-32") or an OpenCLIP config JSON file."""
+    from trainer.openclip_configs import (
+        is_openclip_model,
+        list_architectures,
+        openclip_model_config,
+    )
+
+    if is_openclip_model(name):
+        cfg = openclip_model_config(name)
+        apply_overrides(cfg, overrides)
+        validate_model_config(cfg)
+        return cfg
     if name not in _MODELS:
-        raise UserError(f"unknown model {name!r}; known: {', '.join(list_models())}")
+        known = ", ".join([*list_models(), *list_architectures()])
+        raise UserError(f"unknown model {name!r}; known: {known}, or an OpenCLIP config .json")
     cfg = _MODELS[name][0]()
     apply_overrides(cfg, overrides)
     validate_model_config(cfg)
@@ -307,6 +341,10 @@ def validate_model_config(cfg: ModelConfig) -> None:
     v, t = cfg.vision, cfg.text
     if cfg.init not in ("clip", "normal"):
         raise UserError(f"init must be 'clip' or 'normal', not {cfg.init!r}")
+    if cfg.family not in ("webpairs", "open_clip"):
+        raise UserError(f"family must be 'webpairs' or 'open_clip', not {cfg.family!r}")
+    if cfg.family == "open_clip" and (v.stem != "patch" or t.pool != "eot" or not t.causal):
+        raise UserError("OpenCLIP's towers have a patch stem and a causal, eot-pooled text tower")
     if v.kind not in ("vit", "resnet"):
         raise UserError(f"vision.kind must be 'vit' or 'resnet', not {v.kind!r}")
     check_image_size(cfg, v.image_size)
@@ -360,5 +398,6 @@ def model_config_from_dict(d: dict) -> ModelConfig:
     """Inverse of `dataclasses.asdict` for a ModelConfig (as stored in checkpoints)."""
     d = dict(d)
     vision = VisionConfig(**d.pop("vision"))
+    vision.resnet_layers = tuple(vision.resnet_layers)
     text = TextConfig(**d.pop("text"))
     return ModelConfig(vision=vision, text=text, **d)

@@ -285,6 +285,39 @@ class CLIP(nn.Module):
         """Keep exp(logit_scale) <= max_logit_scale (CLIP clamps at 100 after every step)."""
         self.logit_scale.clamp_(0, math.log(self.cfg.max_logit_scale))
 
+    def tower(self, name: str) -> str:
+        """ "image", "text" or "shared" (logit scale and bias): which tower a parameter is of."""
+        if name.startswith("visual."):
+            return "image"
+        return "text" if name.startswith("text.") else "shared"
+
+    def lock_image_tower(self, unlocked_groups: int = 0, freeze_bn_stats: bool = False) -> None:
+        """LiT: the image tower frozen, but for its last `unlocked_groups` groups (OpenCLIP's:
+        embeddings, each block, last block + final norm, projection)."""
+        v = self.visual
+        if isinstance(v, VisionTransformer):
+            blocks = list(v.blocks)
+            head = [v.patch_embed, v.cls_token, v.pos_embed, v.ln_pre]
+            groups = [head, *blocks[:-1], [blocks[-1], v.ln_post], [v.proj]]
+        else:
+            groups = [[v.stem], *v.stages, [v.proj]]
+        set_locked_groups(groups, unlocked_groups)
+        if freeze_bn_stats:
+            self.frozen_norms = [m for m in v.modules() if isinstance(m, nn.BatchNorm2d)]
+            self.train(self.training)
+
+    def lock_text_tower(self, unlocked_layers: int = 0) -> None:
+        t = self.text
+        blocks = list(t.blocks)
+        groups = [[t.token_embed, t.pos_embed], *blocks[:-1], [blocks[-1], t.ln_final], [t.proj]]
+        set_locked_groups(groups, unlocked_layers)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for module in getattr(self, "frozen_norms", ()):
+            module.eval()  # --lock-image-freeze-bn-stats: running statistics stay as loaded
+        return self
+
     def no_weight_decay(self) -> set[str]:
         """Parameter names AdamW must not decay: gains, biases, embeddings, logit scale."""
         names = set()
@@ -318,8 +351,30 @@ def init_transformer(blocks: nn.ModuleList, width: int) -> None:
         nn.init.normal_(block.mlp.proj.weight, std=proj_std)
 
 
-def create_model(name: str, **overrides) -> CLIP:
-    """A model from a named preset; keyword overrides use dotted fields, e.g.
-    create_model("tiny", **{"vision.pool": "mean", "embed_dim": 32})."""
-    cfg = get_model_config(name, [f"{k}={v}" for k, v in overrides.items()])
+def set_locked_groups(groups: list, unlocked: int) -> None:
+    """Freeze every parameter of `groups` (lists of modules and parameters, first to last),
+    then let the last `unlocked` groups train again."""
+
+    def params(group):
+        for item in group if isinstance(group, (list, tuple)) else [group]:
+            yield from [item] if isinstance(item, nn.Parameter) else item.parameters()
+
+    for i, group in enumerate(groups):
+        for p in params(group):
+            p.requires_grad_(i >= len(groups) - unlocked if unlocked > 0 else False)
+
+
+def model_from_config(cfg: ModelConfig) -> nn.Module:
+    """The model a config describes: our CLIP, or (family "open_clip") OpenCLIP's layout."""
+    if cfg.family == "open_clip":
+        from trainer.openclip_models import OpenClipModel
+
+        return OpenClipModel(cfg)
     return CLIP(cfg)
+
+
+def create_model(name: str, **overrides) -> nn.Module:
+    """A model from a named preset or OpenCLIP architecture; keyword overrides use dotted
+    fields, e.g. create_model("tiny", **{"vision.pool": "mean", "embed_dim": 32})."""
+    cfg = get_model_config(name, [f"{k}={v}" for k, v in overrides.items()])
+    return model_from_config(cfg)

@@ -38,12 +38,18 @@ from trainer.configs import (
 )
 from trainer.data import check_data, new_position
 from trainer.distributed import World, all_gather_objects, barrier, is_sharded, wrap_model
-from trainer.model import CLIP
+from trainer.model import CLIP, model_from_config
 from trainer.monitor import truncate_seen_keys
 from trainer.position import DataPosition, PositionTracker, Topology
 from trainer.schedule import check_input_sizes, data_at
 from trainer.sources import resolve_sources
-from trainer.tokenizer import CaptionTokenizer, byte_tokenizer, shard_captions, train_tokenizer
+from trainer.tokenizer import (
+    OPENAI_CLIP,
+    CaptionTokenizer,
+    byte_tokenizer,
+    shard_captions,
+    train_tokenizer,
+)
 from trainer.validation import held_out
 
 log = logging.getLogger(__name__)
@@ -70,20 +76,40 @@ def uses_bf16(precision: str, device: torch.device) -> bool:
     return precision == "bf16" or (precision == "auto" and device.type == "cuda")
 
 
-def make_optimizer(model: CLIP, cfg: TrainConfig) -> torch.optim.AdamW:
+def make_optimizer(model: CLIP, cfg: TrainConfig, peak_lr: float = 1.0) -> torch.optim.AdamW:
+    """AdamW over the parameters that train (a locked tower has none here): decayed and not,
+    and with --lr-image / --lr-text, per tower, each group's `lr_scale` its share of the
+    schedule's learning rate (`peak_lr` at its peak)."""
     no_decay = model.no_weight_decay()
-    decay = [p for n, p in model.named_parameters() if n not in no_decay]
-    rest = [p for n, p in model.named_parameters() if n in no_decay]
-    groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": rest, "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=0.0, betas=cfg.betas, eps=cfg.eps)
+    per_tower = cfg.lr_image is not None or cfg.lr_text is not None
+    peak = {"image": cfg.lr_image, "text": cfg.lr_text, "shared": None}
+    groups: dict[tuple[str, bool], dict] = {}
+    for decay in (True, False):  # decayed first: the order of checkpoints written before
+        for name, p in model.named_parameters():
+            if not p.requires_grad or (name not in no_decay) != decay:
+                continue
+            tower = model.tower(name) if per_tower else "shared"
+            group = groups.setdefault(
+                (tower, decay),
+                {"params": [], "weight_decay": cfg.weight_decay if decay else 0.0},
+            )
+            if peak[tower] is not None:
+                group["lr_scale"] = peak[tower] / peak_lr
+            group["params"].append(p)
+    return torch.optim.AdamW(list(groups.values()), lr=0.0, betas=cfg.betas, eps=cfg.eps)
+
+
+def lock_towers(model: CLIP, t: TrainConfig) -> None:
+    """--lock-image / --lock-text (LiT): frozen towers, as OpenCLIP's flags freeze them."""
+    if t.lock_image:
+        model.lock_image_tower(t.lock_image_unlocked_groups, t.lock_image_freeze_bn_stats)
+    if t.lock_text:
+        model.lock_text_tower(t.lock_text_unlocked_layers)
 
 
 def build_model(cfg: ModelConfig, t: TrainConfig, device: torch.device) -> CLIP:
     check_compile(t, device)
-    model = CLIP(cfg).to(device)
+    model = model_from_config(cfg).to(device)
     model.set_grad_checkpointing(t.grad_checkpointing)
     if t.compile:  # block by block, before sharding: what FSDP2 and checkpointing expect
         for unit in model.layer_units():
@@ -132,7 +158,7 @@ def tokenizer_for(tokenizer: CaptionTokenizer, context_length: int) -> CaptionTo
     """The same tokenizer, truncating to `context_length` tokens (CLIPA's short captions)."""
     if context_length == tokenizer.context_length:
         return tokenizer
-    return CaptionTokenizer(tokenizer.tokenizer, context_length)
+    return CaptionTokenizer(tokenizer.tokenizer, context_length, tokenizer.clean)
 
 
 def training_captions(cfg: RunConfig) -> list[str]:
@@ -152,11 +178,14 @@ def training_captions(cfg: RunConfig) -> list[str]:
 def initial_tokenizer(
     cfg: RunConfig, world: World, context_length: int, captions: list[str] | None = None
 ) -> CaptionTokenizer:
-    """--tokenizer FILE, "byte" (256 bytes, no merges) or "bpe": a byte-level BPE that rank 0
+    """--tokenizer FILE, "openai-clip" (OpenAI CLIP's BPE, OpenCLIP's ids), "byte" (256
+    bytes, no merges) or "bpe": a byte-level BPE that rank 0
     learns from `captions` (the first training captions, never held-out pairs), written
     to RUN/tokenizer.json and handed to every rank."""
     t = cfg.train
     kind = t.tokenizer or DEFAULT_TOKENIZER
+    if kind == OPENAI_CLIP:
+        return CaptionTokenizer.openai_clip(context_length)
     if kind not in ("byte", "bpe"):
         return CaptionTokenizer.from_file(kind, context_length)
     if kind == "byte":
@@ -184,11 +213,15 @@ def setup(cfg: RunConfig, world: World) -> Session:
     saved = None
     if t.resume:
         saved = load_checkpoint(resolve_checkpoint(t.resume, run_dir), tensors=False)
-    # a resumed run's model is the checkpoint's, whatever the flags say
-    model_cfg = model_config_from_dict(saved["model_config"]) if saved else cfg.model
+    # --pretrained (a fresh run): OpenCLIP / OpenAI weights, or one of our checkpoints
+    start = read_pretrained(t.pretrained) if t.pretrained and saved is None else None
+    # a resumed run's model is the checkpoint's, whatever the flags say; so is a run that
+    # starts from one of our checkpoints (and its tokenizer)
+    ours = saved or (start if start and "model_config" in start else None)
+    model_cfg = model_config_from_dict(ours["model_config"]) if ours else cfg.model
     context_length = model_cfg.text.context_length
-    if saved is not None:
-        tokenizer = CaptionTokenizer.from_json(saved["tokenizer"], context_length)
+    if ours is not None:
+        tokenizer = CaptionTokenizer.from_json(ours["tokenizer"], context_length)
     else:
         captions = training_captions(cfg) if world.is_main else None
         tokenizer = initial_tokenizer(cfg, world, context_length, captions)
@@ -205,17 +238,26 @@ def setup(cfg: RunConfig, world: World) -> Session:
 
     torch.manual_seed(t.seed)  # identical initial weights on every rank
     model = build_model(model_cfg, t, world.device)
+    if start is not None:
+        load_start(model, start, t.pretrained)
+    lock_towers(model, t)  # before wrapping: DDP and FSDP2 leave frozen parameters alone
     bf16 = uses_bf16(t.precision, world.device)
     wrapped = wrap_model(model, model.layer_units(), t.strategy, world, bf16)
     if t.strategy == "fsdp" and world.world_size == 1:
         log.info("one rank: --strategy fsdp has nothing to shard; the model stays whole")
-    optimizer = make_optimizer(model, t)  # after FSDP2 made the parameters shards
+    optimizer = make_optimizer(model, t, cfg.schedule.lr)  # after FSDP2 made the shards
     position = new_position(shards, data, topology)
     session = Session(model, wrapped, optimizer, tokenizer, shards, position, loss=cfg.loss)
     if saved is None:
         seed_rank(t.seed, world.rank, 0)
     else:
-        restore_training_state(wrapped, optimizer, saved)
+        try:
+            restore_training_state(wrapped, optimizer, saved)
+        except ValueError as e:  # torch: "... parameter group that doesn't match ..."
+            raise UserError(
+                f"the checkpoint's optimizer does not fit this run's ({e}): resume with the "
+                f"--lock-image / --lock-text / --lr-image / --lr-text flags of the run"
+            ) from None
         session.step, session.nonfinite_total = saved["step"], saved["nonfinite_steps"]
         session.position = resume_position(saved["data"], position, topology)
         session.resumed = True
@@ -227,6 +269,30 @@ def setup(cfg: RunConfig, world: World) -> Session:
             truncate_seen_keys(run_dir, session.step)
     barrier()
     return session
+
+
+def read_pretrained(path: str) -> dict:
+    """--pretrained: one of our checkpoints (file, .dcp folder or run folder: its state, with
+    "model_config" and "tokenizer"), or {"weights": an OpenCLIP / OpenAI state dict}."""
+    from trainer.pretrained import openclip_state_dict, read_weights
+
+    if Path(path).is_dir():
+        return load_checkpoint(resolve_checkpoint(path))
+    contents = read_weights(path)
+    if isinstance(contents, dict) and "model_config" in contents and "model" in contents:
+        return contents
+    return {"weights": openclip_state_dict(contents)}
+
+
+def load_start(model: CLIP, start: dict, path: str) -> None:
+    from trainer.pretrained import check_openclip_family, load_weights
+
+    if "weights" in start:
+        check_openclip_family(model.cfg)
+        load_weights(model, start["weights"], path)
+    else:
+        load_weights(model, start["model"], path)
+    log.info("starting from the weights of %s", path)
 
 
 def resume_position(saved: dict, fresh: DataPosition, topology: Topology) -> DataPosition:
@@ -283,6 +349,6 @@ def full_model(s: Session, world: World) -> CLIP | None:
     state = full_model_state(s.model)
     if not world.is_main:
         return None
-    model = CLIP(s.model.cfg)
+    model = model_from_config(s.model.cfg)
     model.load_state_dict(state)
     return model.to(world.device)

@@ -6,6 +6,7 @@ end-of-text, then padding. The text tower pools at the end-of-text token.
     tok = CaptionTokenizer(byte_tokenizer(), context_length=32)     # no file needed
     tok = CaptionTokenizer.from_file("tok.json", context_length=77)  # any tokenizer.json
     ids = tok(["a photo of a cat"])  # LongTensor (1, 77)
+    tok = CaptionTokenizer.openai_clip(context_length=77)  # OpenAI CLIP's BPE: open_clip.tokenize's ids
 
 Train a byte-level BPE on the captions of shards:
 
@@ -15,13 +16,18 @@ Train a byte-level BPE on the captions of shards:
 from __future__ import annotations
 
 import argparse
+import functools
+import gzip
+import html
+import json
 import logging
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 from trainer.configs import UserError
 from trainer.sources import SHARD_ERRORS, DataError, iter_shard, resolve_sources
@@ -33,18 +39,29 @@ log = logging.getLogger(__name__)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 PAD, SOT, EOT = "<|pad|>", "<|startoftext|>", "<|endoftext|>"
+# OpenAI CLIP's vocabulary names them so (open_clip.tokenize's ids 49406 and 49407)
+CLIP_SOT, CLIP_EOT = "<start_of_text>", "<end_of_text>"
 # Names other tokenizer.json files use for the same roles (CLIP's, GPT-2's, BERT's, T5's).
-_SOT_NAMES = (SOT, "<s>", "[CLS]", "<bos>")
-_EOT_NAMES = (EOT, "</s>", "[SEP]", "<eos>")
+_SOT_NAMES = (SOT, CLIP_SOT, "<s>", "[CLS]", "<bos>")
+_EOT_NAMES = (EOT, CLIP_EOT, "</s>", "[SEP]", "<eos>")
+
+OPENAI_CLIP = "openai-clip"  # --tokenizer openai-clip: OpenAI CLIP's BPE, as OpenCLIP ships it
+CLIP_VOCAB = Path(__file__).parent / "vocab" / "bpe_simple_vocab_16e6.txt.gz"  # MIT, OpenAI
+# CLIP's pre-tokenization: contractions, runs of letters, single digits, runs of other symbols
+_CLIP_WORDS = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+_CLEAN_KEY = "webpairs_clean"  # in to_json(): the caption clean-up the tokenizer expects
 _PAD_NAMES = (PAD, "<pad>", "[PAD]")
 
 
 class CaptionTokenizer:
     """Captions -> fixed-length id tensors, CLIP-style: [sot] tokens [eot] pad pad ..."""
 
-    def __init__(self, tokenizer: Tokenizer, context_length: int = 77):
+    def __init__(self, tokenizer: Tokenizer, context_length: int = 77, clean: str | None = None):
         self.tokenizer = tokenizer
         self.context_length = context_length
+        if clean not in (None, OPENAI_CLIP):
+            raise UserError(f"unknown caption clean-up {clean!r}")
+        self.clean = clean  # "openai-clip": clean_caption_like_clip before encoding
         self.sot_id = _first_id(tokenizer, _SOT_NAMES)
         self.eot_id = _first_id(tokenizer, _EOT_NAMES)
         if self.eot_id is None:
@@ -63,6 +80,8 @@ class CaptionTokenizer:
         """(N,) captions -> LongTensor (N, context_length)."""
         out = torch.full((len(texts), self.context_length), self.pad_id, dtype=torch.long)
         head = [] if self.sot_id is None else [self.sot_id]
+        if self.clean == OPENAI_CLIP:
+            texts = [clean_caption_like_clip(text) for text in texts]
         for row, enc in enumerate(self.tokenizer.encode_batch(texts, add_special_tokens=False)):
             ids = head + enc.ids[: self.room] + [self.eot_id]
             out[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
@@ -72,11 +91,28 @@ class CaptionTokenizer:
         return self.tokenizer.decode([i for i in ids.tolist() if i != self.pad_id])
 
     def to_json(self) -> str:
-        return self.tokenizer.to_str()
+        """The tokenizer.json text; with a clean-up, wrapped as {"webpairs_clean": ..., "tokenizer": ...}."""
+        text = self.tokenizer.to_str()
+        if self.clean is None:
+            return text
+        return json.dumps({_CLEAN_KEY: self.clean, "tokenizer": json.loads(text)})
 
     @classmethod
     def from_json(cls, text: str, context_length: int = 77) -> CaptionTokenizer:
+        if _CLEAN_KEY in text[:100]:
+            wrapped = json.loads(text)
+            return cls.from_json(json.dumps(wrapped["tokenizer"]), context_length).with_clean(
+                wrapped[_CLEAN_KEY]
+            )
         return cls(Tokenizer.from_str(text), context_length)
+
+    def with_clean(self, clean: str | None) -> CaptionTokenizer:
+        return CaptionTokenizer(self.tokenizer, self.context_length, clean)
+
+    @classmethod
+    def openai_clip(cls, context_length: int = 77) -> CaptionTokenizer:
+        """OpenAI CLIP's tokenizer: the ids of open_clip.tokenize (captions cleaned as it does)."""
+        return cls(openai_clip_tokenizer(), context_length, clean=OPENAI_CLIP)
 
     @classmethod
     def from_file(cls, path: str, context_length: int = 77) -> CaptionTokenizer:
@@ -94,6 +130,49 @@ def _first_id(tokenizer: Tokenizer, names: tuple[str, ...]) -> int | None:
         if token_id is not None:
             return token_id
     return None
+
+
+def clean_caption_like_clip(text: str) -> str:
+    """OpenCLIP's SimpleTokenizer clean-up: ftfy, HTML entities (twice), whitespace runs to one
+    space, lower case."""
+    import ftfy  # only this tokenizer needs it
+
+    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+    return " ".join(text.split()).lower()
+
+
+def _byte_symbols() -> list[str]:
+    """GPT-2's printable stand-in for each byte (what ByteLevel pre-tokenization emits), in the
+    order CLIP numbers its first 256 tokens: printable Latin-1 bytes as themselves, then the
+    others, in byte order, as chr(256), chr(257), ..."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
+    keep += range(ord("®"), ord("ÿ") + 1)
+    others = [b for b in range(256) if b not in keep]
+    return [chr(b) for b in keep] + [chr(256 + i) for i in range(len(others))]
+
+
+@functools.lru_cache(maxsize=1)
+def openai_clip_tokenizer() -> Tokenizer:
+    """OpenAI CLIP's BPE on `tokenizers`: 256 byte symbols, the same with the end-of-word
+    mark, 48,894 merges, start and end of text (49,408 ids, the numbering of OpenAI's and
+    OpenCLIP's tokenizers). Captions must be cleaned first (`clean_caption_like_clip`)."""
+    with gzip.open(CLIP_VOCAB, "rt", encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    # line 0 is a version header; CLIP uses the first 49152 - 256 - 2 merges
+    merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]
+    symbols = _byte_symbols()
+    names = [*symbols, *(s + "</w>" for s in symbols), *("".join(m) for m in merges)]
+    vocab = {name: i for i, name in enumerate([*names, CLIP_SOT, CLIP_EOT])}
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, end_of_word_suffix="</w>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(_CLIP_WORDS), behavior="removed", invert=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tokenizer.decoder = decoders.Sequence([decoders.ByteLevel(), decoders.Replace("</w>", " ")])
+    tokenizer.add_special_tokens([CLIP_SOT, CLIP_EOT])
+    return tokenizer
 
 
 def _byte_level(model: models.Model) -> Tokenizer:

@@ -104,7 +104,7 @@ def train_step(s: Session, batch: dict, lr: float, t: TrainConfig, world: World,
     images = batch["image"].to(world.device, non_blocking=True)  # (b, 3, S, S) uint8
     texts = batch["text"].to(world.device, non_blocking=True)  # (b, T)
     for group in s.optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)  # --lr-image / --lr-text
     groups = caption_groups(texts) if s.loss.positives == "captions" else None  # (B,)
     loss_fn = partial(contrastive_loss, s.loss, rank=world.rank, groups=groups)
     if s.step + 1 in t.debug_nan_steps:

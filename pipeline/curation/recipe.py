@@ -183,6 +183,8 @@ def with_overrides(
     clean_captions: bool = False,
     decontaminate: str | None = None,
     score_checkpoint: str | None = None,
+    score_model: str | None = None,
+    score_pretrained: str | None = None,
 ) -> Recipe:
     """The command line's shortcuts applied to a recipe; a filter or decontamination asked for
     on the command line is added (first) to the stages if the recipe lacks it."""
@@ -214,11 +216,28 @@ def with_overrides(
         r = _with_stage(r, "decontaminate")
     if score_checkpoint is not None:
         r = dataclasses.replace(r, score=dataclasses.replace(r.score, checkpoint=score_checkpoint))
+    r = with_score_model(r, score_model, score_pretrained, score_checkpoint)
     if "decontaminate" in r.stages and not r.decontaminate.source:
         raise ValueError(
             "the recipe runs 'decontaminate' but names no evaluation set (--decontaminate PATH)"
         )
     return r
+
+
+def with_score_model(
+    r: Recipe, model: str | None, pretrained: str | None, checkpoint: str | None = None
+) -> Recipe:
+    """--score-model ARCH --score-pretrained WEIGHTS: score with an OpenCLIP architecture."""
+    if pretrained is not None and checkpoint is not None:
+        raise ValueError("--score-pretrained (OpenCLIP weights) or --score-checkpoint, not both")
+    if pretrained is not None and model is None and r.score.model is None:
+        raise ValueError("--score-pretrained needs --score-model (its OpenCLIP architecture)")
+    score = r.score
+    if model is not None:
+        score = dataclasses.replace(score, model=model)
+    if pretrained is not None:
+        score = dataclasses.replace(score, checkpoint=pretrained)
+    return dataclasses.replace(r, score=score)
 
 
 class ApplyStages(beam.PTransform):

@@ -229,6 +229,19 @@ class CurateOptions(PipelineOptions):
             default=None,
             help="trainer checkpoint or run folder: record every pair's CLIP score and embeddings",
         )
+        g.add_argument(
+            "--score-model",
+            dest="score_model",
+            default=None,
+            help="score with an OpenCLIP architecture (ViT-B-32, ViT-L-14, RN50, "
+            "NAME-quickgelu, a config .json) and the weights of --score-pretrained",
+        )
+        g.add_argument(
+            "--score-pretrained",
+            dest="score_pretrained",
+            default=None,
+            help="OpenCLIP / OpenAI weights of --score-model (.pt, .bin, .safetensors)",
+        )
 
         g = parser.add_argument_group("images")
         g.add_argument(
@@ -367,6 +380,8 @@ def config_from_options(opts: CurateOptions) -> CurateConfig:
         clean_captions=opts.clean_captions,
         decontaminate=opts.decontaminate,
         score_checkpoint=opts.score_checkpoint,
+        score_model=opts.score_model,
+        score_pretrained=opts.score_pretrained,
     )
     return CurateConfig(
         read=read,

@@ -35,7 +35,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.accounting.progress import ReportProgress
-from pipeline.curation.recipe import load_recipe
+from pipeline.curation.recipe import Recipe, load_recipe, with_score_model
 from pipeline.io.reshard import ReadSource, Source, open_source
 from pipeline.io.shards import save_manifest, write_atomically
 from pipeline.io.url_lists import InputError
@@ -64,7 +64,15 @@ logger = logging.getLogger(__name__)
 PROG = "webpairs score"
 
 
-_SHARED = {"input", "score_checkpoint", "recipe", "cross_fit", "cross_fit_runs"}
+_SHARED = {
+    "input",
+    "score_checkpoint",
+    "score_model",
+    "score_pretrained",
+    "recipe",
+    "cross_fit",
+    "cross_fit_runs",
+}
 
 
 class ScoreOptions(PipelineOptions):
@@ -215,13 +223,21 @@ def config_from_options(opts: CurateOptions) -> tuple[str, ScoreConfig]:
     cfg = load_recipe(opts.recipe).score if "recipe" in given else ScoreConfig()
     if opts.score_checkpoint:
         cfg = dataclasses.replace(cfg, checkpoint=opts.score_checkpoint)
+    try:
+        score = with_score_model(
+            Recipe(score=cfg), opts.score_model, opts.score_pretrained, opts.score_checkpoint
+        ).score
+    except ValueError as e:
+        raise InputError(str(e)) from None
     cross_fit = opts.view_as(ScoreOptions).cross_fit
-    if cross_fit is not None and cfg.checkpoint:
+    if cross_fit is not None and score.checkpoint:
         raise InputError("--cross-fit trains its own scorers: drop --score-checkpoint")
-    if cross_fit is None and not cfg.checkpoint:
+    if cross_fit is None and not score.checkpoint:
         raise InputError(
-            "--score-checkpoint (a trainer checkpoint or run folder) or --cross-fit K is required"
+            "--score-checkpoint (a trainer checkpoint or run folder) is required (or "
+            "--score-model ARCH --score-pretrained WEIGHTS, or --cross-fit K)"
         )
+    cfg = score
     return opts.input, cfg
 
 
@@ -274,6 +290,7 @@ def run(argv: list[str]) -> tuple[Source, dict]:
 def _help(prog: str) -> str:
     return (
         f"usage: {prog} --input OUTPUT --score-checkpoint RUN_OR_FILE [--recipe RECIPE]\n"
+        f"       {prog} --input OUTPUT --score-model ARCH --score-pretrained WEIGHTS\n\n"
         f"       {prog} --input OUTPUT --cross-fit K [--cross-fit-runs DIR] [-- TRAINER FLAGS]\n\n"
         "Record a trainer checkpoint's CLIP score and embeddings in a webpairs output's\n"
         "per-shard parquet (the tars are not rewritten); the manifest names the model.\n"

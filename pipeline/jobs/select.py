@@ -184,6 +184,8 @@ _SHARED = {
     "recipe",
     "stages",
     "score_checkpoint",
+    "score_model",
+    "score_pretrained",
     "samples_per_shard",
     "overwrite",
     "languages",
@@ -212,6 +214,8 @@ def config_from_options(shared: CurateOptions, own: SelectOptions) -> SelectConf
         blocklist=shared.blocklist,
         decontaminate=shared.decontaminate,
         score_checkpoint=shared.score_checkpoint,
+        score_model=shared.score_model,
+        score_pretrained=shared.score_pretrained,
     )
     if recipe.captions.clean:
         raise InputError(

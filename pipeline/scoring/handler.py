@@ -26,8 +26,13 @@ def _device(preference: str) -> torch.device:
     return torch.device("cpu")
 
 
-def load_scoring_model(path: str, device: str = "auto"):
-    """(CLIP model in eval mode, tokenizer) from a local checkpoint file or .dcp folder."""
+def load_scoring_model(path: str, device: str = "auto", model: str | None = None):
+    """(CLIP model in eval mode, tokenizer) from a local checkpoint file or .dcp folder; with
+    `model` (an OpenCLIP architecture or config .json), from OpenCLIP / OpenAI weights."""
+    if model is not None:
+        from trainer.pretrained import load_openclip
+
+        return load_openclip(model, path, _device(device))
     from trainer.checkpoint import load_model
 
     return load_model(path, _device(device))
@@ -45,7 +50,8 @@ class ClipScorer:
                     f"checkpoint {scorer.checkpoint} changed since the job started "
                     f"(sha256 is no longer {scorer.sha256[:12]}...)"
                 )
-            self.model, self.tokenizer = load_scoring_model(local, cfg.device)
+            model = scorer.model if scorer.family == "open_clip" else None
+            self.model, self.tokenizer = load_scoring_model(local, cfg.device, model)
         self.device = next(self.model.parameters()).device
 
     @torch.inference_mode()

@@ -24,10 +24,13 @@ class ScorerIdentity:
 
     checkpoint: str  # the checkpoint file (or .dcp folder) the workers load
     sha256: str  # of its bytes (for a .dcp folder: of every file, by relative name)
-    model: str  # the trainer's model preset name
+    model: str  # the trainer's model preset name; family open_clip: the architecture / config
     embed_dim: int
     image_size: int  # the model's input side: images are center-cropped and resized to it
     context_length: int
+    # "webpairs": `checkpoint` is one of ours; "open_clip": OpenCLIP / OpenAI weights that
+    # `model` (an OpenCLIP architecture name or config .json) is built for
+    family: str = "webpairs"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -73,8 +76,13 @@ def local_checkpoint(path: str) -> Iterator[str]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def resolve_checkpoint_path(spec: str) -> str:
-    """A run folder -> its latest checkpoint; local paths made absolute (workers read them)."""
+def resolve_checkpoint_path(spec: str, weights_only: bool = False) -> str:
+    """A run folder -> its latest checkpoint; local paths made absolute (workers read them).
+    `weights_only`: a weights file (OpenCLIP / OpenAI), no run folder."""
+    if weights_only and not is_remote(spec):
+        if not os.path.isfile(spec):
+            raise InputError(f"score weights {spec} is not a file")
+        return os.path.abspath(spec)
     if is_remote(spec):
         if not FileSystems.exists(spec):
             raise InputError(f"score checkpoint {spec} does not exist")
@@ -87,27 +95,29 @@ def resolve_checkpoint_path(spec: str) -> str:
         raise InputError(f"score checkpoint: {e}") from None
 
 
-def identify_checkpoint(spec: str) -> ScorerIdentity:
+def identify_checkpoint(spec: str, model: str | None = None) -> ScorerIdentity:
     """Driver side, before any work starts: resolve, hash and load the checkpoint once, so a
-    missing or incompatible one is one clear line instead of a failure on every worker."""
-    path = resolve_checkpoint_path(spec)
+    missing or incompatible one is one clear line instead of a failure on every worker.
+    `model`: an OpenCLIP architecture (or config .json) whose weights `spec` holds."""
+    path = resolve_checkpoint_path(spec, weights_only=model is not None)
     from pipeline.scoring.handler import load_scoring_model  # lazily: imports the trainer
 
+    family = "webpairs" if model is None else "open_clip"
     try:
         with local_checkpoint(path) as local:
-            model, _ = load_scoring_model(local, "cpu")
+            loaded, _ = load_scoring_model(local, "cpu", model)
             sha256 = checkpoint_sha256(local)
     except Exception as e:  # not a checkpoint, not ours, or weights that do not fit the config
         detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InputError(
-            f"score checkpoint {spec} is not a usable webpairs CLIP checkpoint: {detail}"
-        ) from None
-    cfg = model.cfg
+        what = "webpairs CLIP checkpoint" if model is None else f"set of {model} weights"
+        raise InputError(f"score checkpoint {spec} is not a usable {what}: {detail}") from None
+    cfg = loaded.cfg
     return ScorerIdentity(
         checkpoint=path,
         sha256=sha256,
-        model=cfg.name,
+        model=cfg.name if model is None else model,
         embed_dim=cfg.embed_dim,
         image_size=cfg.vision.image_size,
         context_length=cfg.text.context_length,
+        family=family,
     )

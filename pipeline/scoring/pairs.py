@@ -12,13 +12,19 @@ In a recipe:
     stages: [filters, clip_score]
     clip_score: {top_fraction: 0.3}        # or min_score: 0.3 (see below about the scale)
 
+With an OpenCLIP model (OpenAI's or OpenCLIP's weights, trainer/openclip_models.py):
+
+    webpairs curate ... --recipe datacomp_clip_0.3 --score-model ViT-B-32-quickgelu \
+        --score-pretrained ViT-B-32.pt          # recipe: score: {model: ViT-B-32, checkpoint: ...}
+
 ScorePairs runs on full rows (image bytes in `_image`), after decoding and caption clean-up and
 before the curation stages, so every stage sees the scores. The model is loaded lazily on the
 workers by `pipeline.scoring.handler.ClipModelHandler`, which imports the trainer (and torch);
 this module imports neither, so curating without a model never pays for them.
 
 Scores are on the scale of the model that made them. DataComp's 0.3 threshold is for OpenAI's
-ViT-B/32; a small model trained for a few thousand steps puts most pairs between -0.1 and 0.4,
+ViT-B/32 (scored with --score-model ViT-B-32-quickgelu and OpenAI's weights, it means what it
+means there: the cosine of the normalized embeddings, CLIP's preprocessing); a small model trained for a few thousand steps puts most pairs between -0.1 and 0.4,
 so prefer `top_fraction` (a global quantile, computed by Beam) until you know your model's scale.
 """
 
@@ -38,8 +44,11 @@ SCORE_COLUMN = "clip_score"
 @dataclass(frozen=True)
 class ScoreConfig:
     # trainer checkpoint file or run folder (its latest); a gs:// or s3:// file where the
-    # workers cannot read the driver's disk (Dataflow)
+    # workers cannot read the driver's disk (Dataflow); with `model`: OpenCLIP / OpenAI weights
     checkpoint: str | None = None
+    # an OpenCLIP architecture (ViT-B-32, ViT-L-14, RN50, ...-quickgelu) or config .json that
+    # `checkpoint` holds the weights of (--score-model / --score-pretrained); None: ours
+    model: str | None = None
     batch_size: int = 64  # pairs per forward pass (BatchElements' fixed size)
     device: str = "auto"  # "auto" (cuda when the worker has one), "cpu", "cuda"
     embeddings: bool = True  # keep the embeddings beside the score (needed by semantic_dedupe)
@@ -116,10 +125,12 @@ def check_scoring(
     """The scorer a run uses (None: it does not score), or one clear error when a stage needs
     scores that neither a checkpoint nor the source provides."""
     needs = [s for s in stages if s in ("clip_score", "semantic_dedupe")]
+    if score.model and not score.checkpoint:
+        raise InputError(f"--score-model {score.model} needs its weights: --score-pretrained PATH")
     if score.checkpoint:
         if "semantic_dedupe" in stages and not score.embeddings:
             raise InputError("semantic_dedupe needs the embeddings: drop score.embeddings: false")
-        return identify_checkpoint(score.checkpoint)
+        return identify_checkpoint(score.checkpoint, score.model)
     if needs and not source_scored:
         raise InputError(
             f"the recipe runs {', '.join(needs)} but names no scoring model "
