@@ -83,9 +83,21 @@ PHOTOS = {
     "china.jpg": "a chinese temple among trees",
     "flower.jpg": "a pink flower close up",
 }
-LONG_SIDE = (320, 1600)  # pixels, log-uniform
 ASPECT = (0.6, 1.8)  # width / height, log-uniform
-TARGET_BYTES = (50_000, 300_000)  # log-uniform; quality is searched to land under it
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    long_side: tuple[int, int]  # pixels, log-uniform
+    target_bytes: tuple[int, int]  # log-uniform; quality is searched to land under it
+
+
+# --image-set: "web" is the set of every figure before issue 15 (median 86 KB); "photos" are
+# larger camera-like JPEGs (150-300 KB), where the image work weighs more than the hand-offs.
+IMAGE_SETS = {
+    "web": ImageSet((320, 1600), (50_000, 300_000)),
+    "photos": ImageSet((900, 1600), (150_000, 300_000)),
+}
 QUALITIES = tuple(range(55, 100, 5))
 # Two images whose perceptual hashes are this close are remade, so that near-duplicate
 # removal (threshold 12 of 64 bits by default) keeps all K.
@@ -132,7 +144,9 @@ def _encode_jpeg(im: Image.Image, quality: int, progressive: bool) -> bytes:
     return buf.getvalue()
 
 
-def make_jpeg(photos, seed: int, index: int, attempt: int = 0) -> tuple[str, bytes]:
+def make_jpeg(
+    photos, seed: int, index: int, attempt: int = 0, image_set: str = "web"
+) -> tuple[str, bytes]:
     """One web-like JPEG -> (name of the main photo, bytes).
 
     A random crop of a random photo at a random size and aspect, with 2-4 crops of other
@@ -142,7 +156,8 @@ def make_jpeg(photos, seed: int, index: int, attempt: int = 0) -> tuple[str, byt
     """
     rng = np.random.default_rng([seed, index, attempt])
     name, photo = photos[rng.integers(len(photos))]
-    long_side, aspect = _log_uniform(rng, *LONG_SIDE), _log_uniform(rng, *ASPECT)
+    kind = IMAGE_SETS[image_set]
+    long_side, aspect = _log_uniform(rng, *kind.long_side), _log_uniform(rng, *ASPECT)
     w, h = (long_side, long_side / aspect) if aspect >= 1 else (long_side * aspect, long_side)
     w, h = round(w), round(h)
     canvas = _random_crop(rng, photo, w, h)
@@ -154,7 +169,7 @@ def make_jpeg(photos, seed: int, index: int, attempt: int = 0) -> tuple[str, byt
     pixels = np.asarray(canvas, dtype=np.int16)  # (H, W, 3)
     grain = rng.normal(0.0, rng.uniform(2.0, 6.0), pixels.shape).astype(np.int16)
     canvas = Image.fromarray(np.clip(pixels + grain, 0, 255).astype(np.uint8))
-    target = _log_uniform(rng, *TARGET_BYTES)
+    target = _log_uniform(rng, *kind.target_bytes)
     progressive = bool(rng.random() < 0.25)
     lo, hi = 0, len(QUALITIES) - 1
     data = _encode_jpeg(canvas, QUALITIES[0], progressive)
@@ -184,16 +199,22 @@ def _init_worker() -> None:
     _worker_photos[:] = load_photos()
 
 
-def _make_one(index: int, seed: int, attempt: int = 0) -> tuple[str, bytes, int | None]:
-    name, data = make_jpeg(_worker_photos, seed, index, attempt)
+def _make_one(
+    index: int, seed: int, attempt: int = 0, image_set: str = "web"
+) -> tuple[str, bytes, int | None]:
+    name, data = make_jpeg(_worker_photos, seed, index, attempt, image_set)
     return name, data, _phash(data)
 
 
-def make_images(folder: Path, count: int, seed: int) -> list[tuple[str, str, int]]:
+def make_images(
+    folder: Path, count: int, seed: int, image_set: str = "web"
+) -> list[tuple[str, str, int]]:
     """Writes FOLDER/000000.jpg ...; -> [(file name, photo name, bytes)]. Reuses a folder
     made earlier with the same count, seed and generator version."""
     made = folder / "made.json"
     wanted = {"count": count, "seed": seed, "version": GENERATOR_VERSION}
+    if image_set != "web":  # (the web set's record predates the choice)
+        wanted["image_set"] = image_set
     if made.exists():
         record = json.loads(made.read_text())
         if {k: record.get(k) for k in wanted} == wanted:
@@ -204,14 +225,15 @@ def make_images(folder: Path, count: int, seed: int) -> list[tuple[str, str, int
     start = time.perf_counter()
     files, hashes, remade = [], [], 0
     with ProcessPoolExecutor(os.cpu_count() or 1, initializer=_init_worker) as pool:
-        made_all = pool.map(partial(_make_one, seed=seed), range(count), chunksize=16)
+        make = partial(_make_one, seed=seed, image_set=image_set)
+        made_all = pool.map(make, range(count), chunksize=16)
         for index, (name, data, phash) in enumerate(made_all):
             attempt = 0
             while phash is not None and any(
                 (phash ^ h).bit_count() < MIN_PHASH_DISTANCE for h in hashes
             ):
                 attempt, remade = attempt + 1, remade + 1
-                name, data, phash = pool.submit(_make_one, index, seed, attempt).result()
+                name, data, phash = pool.submit(make, index, attempt=attempt).result()
             hashes += [phash] if phash is not None else []
             (folder / f"{index:06d}.jpg").write_bytes(data)
             files.append((f"{index:06d}.jpg", name, len(data)))
@@ -849,6 +871,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--images", type=int, default=2000, help="K, the number of images")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--image-set",
+        choices=tuple(IMAGE_SETS),
+        default="web",
+        help="web: 320-1600 px, 50-300 KB (median 86 KB); photos: 900-1600 px, 150-300 KB",
+    )
     parser.add_argument("--workdir", type=Path, default=REPO / "bench" / "out" / "crawl")
     parser.add_argument("--server", choices=("auto", "nginx", "python"), default="auto")
     parser.add_argument(
@@ -1016,8 +1044,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     args = parse_args(argv)
     work = args.workdir.resolve()
-    images = work / f"images-{args.images}-seed{args.seed}"
-    files = make_images(images, args.images, args.seed)
+    suffix = "" if args.image_set == "web" else f"-{args.image_set}"
+    images = work / f"images-{args.images}-seed{args.seed}{suffix}"
+    files = make_images(images, args.images, args.seed, args.image_set)
 
     shared = {"workers": args.workers, "samples_per_shard": args.samples_per_shard}
     root = args.webpairs_root.resolve()
