@@ -303,6 +303,35 @@ def zeroshot(run: Path, folder: Path, extra: list[str], env: dict) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def speed(args) -> None:
+    """Training samples/s of each preset with the README's CPU command, presets interleaved
+    round by round (compare within a round: the machine is shared)."""
+    data_dir = Path(args.data)
+    shards = str(data_dir / "shards/*.tar")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for round_ in range(args.rounds):
+        for model in args.models:
+            run = OUT / "runs" / f"speed-{model}"
+            cmd = [
+                sys.executable, "-m", "trainer", "train", "--data", shards, "--output", str(run),
+                "--model", model, "--batch-size", str(args.batch_size), "--image-size", "32",
+                "--workers", "2", "--steps", str(args.steps), "--log-every", "25",
+            ]  # fmt: skip
+            subprocess.run(["rm", "-rf", str(run)], check=True)
+            load = os.getloadavg()[0]
+            subprocess.run(cmd, check=True, env=env, stderr=subprocess.DEVNULL)
+            lines = (run / "metrics.jsonl").read_text().splitlines()
+            timed = [r for r in map(json.loads, lines) if "loss" in r]
+            rate = (timed[-1]["step"] - timed[0]["step"]) * args.batch_size
+            rate /= timed[-1]["time"] - timed[0]["time"]
+            row = {"model": model, "round": round_, "steps": args.steps, "load_before": load}
+            row |= {"samples_per_s": round(rate, 1), "parameters": parameters(run)}
+            row |= {"command": " ".join(cmd[2:]), "commit": commit(), "machine": machine()}
+            with (OUT / "speed.jsonl").open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            print(json.dumps(row), flush=True)
+
+
 # --- prompts -----------------------------------------------------------------------------------
 
 # the four templates `webpairs eval` used by default before the ensemble with the bare name
@@ -582,6 +611,12 @@ def main() -> None:
     q = sub.add_parser("prompts", help="zero-shot top-1 of runs under each prompt set")
     q.add_argument("--data", required=True, help="a folder `data` wrote")
     q.add_argument("--runs", nargs="+", required=True, help="run folders")
+    v = sub.add_parser("speed", help="training samples/s of presets, interleaved")
+    v.add_argument("--data", required=True, help="a folder `data` wrote")
+    v.add_argument("--models", nargs="+", default=["smoke", "tiny", "tiny-resnet"])
+    v.add_argument("--steps", type=int, default=200)
+    v.add_argument("--batch-size", type=int, default=128)
+    v.add_argument("--rounds", type=int, default=2)
     sub.add_parser("report", help="print the tables")
     args = p.parse_args()
     if args.nice:
@@ -589,6 +624,7 @@ def main() -> None:
     commands = {"data": data, "ours": ours, "openclip": openclip, "report": report}
     commands["openclip-eval"] = openclip_eval
     commands["prompts"] = prompts
+    commands["speed"] = speed
     commands[args.command](args)
 
 

@@ -83,7 +83,7 @@ def test_scoring_inside_select_keeps_exactly_the_top_30_percent(top30, source):
     stats.check()
     assert stats.input == 40 and stats.written == 12 and stats.filtered == {"low_clip_score": 28}
     manifest = Manifest.from_json((top30 / "manifest.json").read_text())
-    assert manifest.source == str(source) and manifest.scorer["model"] == "tiny"
+    assert manifest.source == str(source) and manifest.scorer["model"] == "smoke"
     assert manifest.total_samples == 12
 
 

@@ -76,6 +76,8 @@ def test_tiny_model_learns_digits_in_a_few_hundred_cpu_steps(
             NAMES,
             "--templates",
             str(templates),
+            "--positives",  # the pairwise InfoNCE its chance level and thresholds are of
+            "pairs",
         ]
     )
     assert code == 0
