@@ -1003,7 +1003,7 @@ def run_all(
                 m = measure(job, server, work / f"{name}-{label}.log", nice, run_timeout)
                 logger.info(
                     "%s %s (%s, %s): %.1f s wall, %.1f CPU-s, %.1f other CPU-s, %d written, "
-                    "peak RSS %.0f MiB, rc %d%s",
+                    "peak RSS %.0f MiB, rc %d%s, load average %.1f",
                     job.tool,
                     job.mode,
                     url_set,
@@ -1015,6 +1015,7 @@ def run_all(
                     m.peak_rss / 2**20,
                     m.rc,
                     ", HUNG" if m.hung else "",
+                    os.getloadavg()[0],  # the machine is shared: how busy it was (1 min)
                 )
                 if m.served:
                     logger.info(
