@@ -9,11 +9,8 @@ Resize modes mean what they mean in img2dataset:
   keep_ratio_largest  larger side to image_size
   center_crop         smaller side to image_size, then the centre image_size x image_size
   border              larger side to image_size, then padded to a square (letterbox)
-A JPEG that shrinks is decoded by libjpeg-turbo at a reduced scale (DCT scaling, one power
-of two finer than the target allows) and box-filtered down by OpenCV's INTER_AREA; JPEG output
-is encoded by libjpeg-turbo too. Against Pillow's draft + bicubic + encode this is 7-25 % less
-CPU per image at the same PSNR against a full-resolution reference, and none of it holds the
-GIL (bench/image_codecs.py, bench/RESULTS-crawl.md). Everything else goes through Pillow.
+JPEG is decoded at reduced scale (`Image.draft`) when the target is at least 2x smaller,
+which is most of the speed of this stage.
 """
 
 from __future__ import annotations
@@ -26,7 +23,6 @@ from dataclasses import dataclass
 from functools import partial
 
 import apache_beam as beam
-import numpy as np
 from PIL import Image, ImageOps
 
 from pipeline.crawl.concurrency import ThreadedMapFn
@@ -122,6 +118,13 @@ def target_size(width: int, height: int, cfg: ImageConfig) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
+def _orientation_swaps_axes(im: Image.Image) -> bool:
+    try:
+        return im.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+    except Exception:
+        return False
+
+
 def _to_rgb(im: Image.Image, background: tuple[int, int, int]) -> Image.Image:
     if im.mode == "RGB":
         return im
@@ -140,11 +143,9 @@ def _to_rgb(im: Image.Image, background: tuple[int, int, int]) -> Image.Image:
 def _encode(im: Image.Image, cfg: ImageConfig) -> bytes:
     buf = io.BytesIO()
     fmt = ENCODE_FORMATS[cfg.encode_format]
-    if fmt == "JPEG":  # libjpeg-turbo as Pillow's, with 4:2:0 as Pillow's default, GIL released
-        import simplejpeg
-
-        return simplejpeg.encode_jpeg(np.asarray(im), cfg.encode_quality, "RGB", "420")
-    if fmt == "WEBP":
+    if fmt == "JPEG":
+        im.save(buf, fmt, quality=cfg.encode_quality, optimize=False)
+    elif fmt == "WEBP":
         im.save(buf, fmt, quality=cfg.encode_quality, method=4)
     else:
         im.save(buf, fmt, compress_level=6)
@@ -163,8 +164,7 @@ def decode_and_resize(data: bytes, cfg: ImageConfig) -> DecodedImage:
                     f"{im.width}x{im.height} exceeds {cfg.max_pixels} pixels",
                 )
             source_format = im.format
-            orientation = _exif_orientation(im)
-            swaps = orientation in (5, 6, 7, 8)  # a quarter turn
+            swaps = _orientation_swaps_axes(im)
             ow, oh = (im.height, im.width) if swaps else (im.width, im.height)
             filtered = _filter_reason(ow, oh, cfg)
             if filtered:
@@ -180,20 +180,13 @@ def decode_and_resize(data: bytes, cfg: ImageConfig) -> DecodedImage:
                 return DecodedImage(
                     data, cfg.encode_format, ow, oh, ow, oh, pixel_hash(rgb), phash(rgb), dhash(rgb)
                 )
-            upright_rgb_jpeg = source_format == "JPEG" and im.mode == "RGB" and orientation == 1
-            shrunk = None
-            if upright_rgb_jpeg and tw <= ow and th <= oh:
-                shrunk = _turbo_shrink(data, ow, oh, tw, th)
-            if shrunk is not None:
-                im = _frame(shrunk, cfg)
-            else:
-                if source_format == "JPEG" and (tw, th) != (ow, oh):
-                    # Decode at the smallest power-of-two scale that still covers the target.
-                    im.draft("RGB", (th, tw) if swaps else (tw, th))
-                im.load()
-                im = ImageOps.exif_transpose(im)
-                im = _to_rgb(im, cfg.background)
-                im = _frame(_resize(im, tw, th), cfg)
+            if source_format == "JPEG" and (tw, th) != (ow, oh):
+                # Decode at the smallest power-of-two scale that still covers the target.
+                im.draft("RGB", (th, tw) if swaps else (tw, th))
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            im = _to_rgb(im, cfg.background)
+            im = _resize(im, tw, th, cfg)
             return DecodedImage(
                 _encode(im, cfg),
                 cfg.encode_format,
@@ -222,54 +215,11 @@ def _filter_reason(width: int, height: int, cfg: ImageConfig) -> tuple[str, str]
     return None
 
 
-def _resize(im: Image.Image, tw: int, th: int) -> Image.Image:
+def _resize(im: Image.Image, tw: int, th: int, cfg: ImageConfig) -> Image.Image:
     if im.size != (tw, th):
         # reducing_gap: box-reduce by an integer factor first, then bicubic (measured: 13 % less
         # CPU than Lanczos for 0.4 dB, bench/RESULTS.md).
         im = im.resize((tw, th), Image.Resampling.BICUBIC, reducing_gap=3.0)
-    return im
-
-
-def _exif_orientation(im: Image.Image) -> int:
-    try:
-        return im.getexif().get(0x0112, 1)
-    except Exception:
-        return 1
-
-
-def dct_scale(width: int, height: int, tw: int, th: int) -> int:
-    """1, 2, 4 or 8: the JPEG DCT scale-down to decode at, one power of two finer than the
-    largest that still covers tw x th, so that the box filter after it shrinks by 2x or more
-    (INTER_AREA over a factor below 2 blurs like bilinear: 1.3 dB less, bench/image_codecs.py)."""
-    scale = 1
-    while scale < 8 and width // (scale * 2) >= tw and height // (scale * 2) >= th:
-        scale *= 2
-    return max(1, scale // 2)
-
-
-def _turbo_shrink(data: bytes, width: int, height: int, tw: int, th: int) -> Image.Image | None:
-    """An upright RGB JPEG of width x height shrunk to tw x th by libjpeg-turbo's scaled
-    decoding and OpenCV's INTER_AREA, or None where Pillow must decide: anything libjpeg-turbo
-    reports, a truncated or corrupt file included, which Pillow then accepts or rejects as
-    it always has."""
-    import cv2
-    import simplejpeg
-
-    cv2.setNumThreads(1)  # one image per thread; the stage's pool is the parallelism
-    scale = dct_scale(width, height, tw, th)
-    try:
-        rgb = simplejpeg.decode_jpeg(
-            data, "RGB", min_width=-(-width // scale), min_height=-(-height // scale)
-        )
-    except ValueError:
-        return None
-    if (rgb.shape[1], rgb.shape[0]) != (tw, th):
-        rgb = cv2.resize(rgb, (tw, th), interpolation=cv2.INTER_AREA)  # (th, tw, 3)
-    return Image.fromarray(rgb)
-
-
-def _frame(im: Image.Image, cfg: ImageConfig) -> Image.Image:
-    """The resized image cropped (center_crop) or padded (border) to image_size."""
     s = cfg.image_size
     if cfg.resize_mode == "center_crop" and (im.width > s or im.height > s):
         left, top = (im.width - min(s, im.width)) // 2, (im.height - min(s, im.height)) // 2

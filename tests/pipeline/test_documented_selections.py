@@ -9,9 +9,11 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipeline.curation.recipe import PRESETS
 from pipeline.curation.rules import parse_rule
 from pipeline.jobs.options import CurateOptions
+from pipeline.jobs.score import ScoreOptions
 from pipeline.jobs.score import config_from_options as score_config
 from pipeline.jobs.select import SelectOptions
 from pipeline.jobs.shell import check_flags
+from pipeline.scoring.crossfit import split_train_args
 from tests.test_docs import documented
 
 SELECT = documented(r"webpairs select\b")
@@ -24,6 +26,7 @@ def test_the_docs_show_select_and_score():
 
 @pytest.mark.parametrize("where,argv", SELECT + SCORE, ids=[w for w, _ in SELECT + SCORE])
 def test_documented_select_or_score_command_is_accepted(where, argv):
+    argv, _ = split_train_args(argv)  # `score --cross-fit K -- TRAINER FLAGS`
     options = PipelineOptions(argv)
     check_flags(argv, options)  # unknown flags raise InputError
     shared = options.view_as(CurateOptions)
@@ -36,5 +39,7 @@ def test_documented_select_or_score_command_is_accepted(where, argv):
 
 @pytest.mark.parametrize("where,argv", SCORE, ids=[w for w, _ in SCORE])
 def test_documented_score_command_uses_only_score_flags(where, argv):
-    _, cfg = score_config(PipelineOptions(argv).view_as(CurateOptions))
-    assert cfg.checkpoint, where
+    argv, _ = split_train_args(argv)
+    options = PipelineOptions(argv)
+    _, cfg = score_config(options.view_as(CurateOptions))
+    assert cfg.checkpoint or options.view_as(ScoreOptions).cross_fit, where
