@@ -26,17 +26,17 @@ PARAMS_PY = """--accum-freq --batch-size --beta1 --beta2 --cache-dir --coca-capt
     --coca-contrastive-loss-weight --copy-codebase --csv-caption-key --csv-img-key --csv-separator
     --dataset-resampled --dataset-type --ddp-static-graph --debug --delete-previous-checkpoint
     --device --dist-backend --dist-url --distill-model --distill-pretrained --epochs
-    --epochs-cooldown --eps --force-patch-dropout --gather-with-grad --grad-checkpointing
+    --epochs-cooldown --eps --force-custom-text --force-patch-dropout --force-quick-gelu --gather-with-grad --grad-checkpointing
     --grad-clip-norm --horovod --imagenet-v2 --imagenet-val --local-loss --log-every-n-steps
     --log-local --logs --loss-dist-impl --lr --lr-cooldown-end --lr-cooldown-power
-    --lr-scheduler --model --momentum --name --no-set-device-rank --opt --precision
+    --lr-scheduler --model --momentum --name --no-set-device-rank --opt --precision --pretrained-image
     --remote-sync --remote-sync-frequency --remote-sync-protocol --report-to --resume
     --save-frequency --save-most-recent --seed --siglip --skip-scheduler --torchcompile
     --torchscript --trace --train-data --train-data-upsampling-factors --train-num-samples
     --use-bn-sync --use-bnb-linear --val-data --val-frequency --val-num-samples --wandb-notes
     --wandb-project-name --warmup --wd --workers --zeroshot-frequency"""
 OPENCLIP_FLAGS = set(PARAMS_PY.split())
-MODEL_WORK = {"--force-quick-gelu", "--force-custom-text", "--pretrained", "--pretrained-image"}
+MODEL_WORK = {"--pretrained"}
 
 
 def config(*argv: str, data: str = "s/{0..3}.tar", output: str | None = "runs/x"):
