@@ -1,0 +1,123 @@
+"""Where a crawl's time goes: `webpairs curate` on bench/crawl.py's loopback images under py-spy.
+
+    .venv/bin/python bench/profile_crawl.py --images 3000 --image-set web --py-spy /tmp/tools/bin/py-spy
+
+Serves the same images as bench/crawl.py (made there, cached in --workdir), runs
+`python -m pipeline.curate` with the benchmark's flags (plus --webpairs-args) under
+`py-spy record --format raw` (all threads, or only those holding the GIL with --gil), and
+prints the share of samples in each component (the innermost frame of a known component
+decides), then the top leaf functions. py-spy is not a
+dependency of webpairs: install it anywhere (`pip install py-spy`) and pass its path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import shlex
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import crawl
+
+# (label, substrings of a frame "function (file:line)"). Each sample goes to the first label, in
+# this order, that matches a frame, from the innermost frame out: the innermost known component.
+BUCKETS = (
+    ("Pillow encode", ("_encode_tile", "images.py:_encode", "_encode (pipeline")),
+    ("image hashes", ("imagehash.py",)),
+    ("decode + resize (Pillow)", ("pipeline/crawl/images.py", "PIL/")),
+    ("download (urllib3, http.client, sockets)", ("pipeline/crawl/", "urllib3/", "http/client", "socket.py", "ssl.py")),
+    ("staging (StageRows)", ("pipeline/io/staging.py",)),
+    ("shard writing", ("pipeline/io/shards.py", "tarfile.py")),
+    ("curation stages", ("pipeline/curation/",)),
+    ("progress side channel", ("pipeline/accounting/",)),
+    ("thread pools and queues", ("concurrent/futures", "queue.py", "threading.py")),
+    ("imports", ("importlib", "<frozen")),
+    ("pyarrow / parquet", ("pyarrow",)),
+    ("Beam (runner, data plane, coders, graph)", ("apache_beam", "grpc/")),
+)
+
+
+def parse_raw(path: Path) -> list[tuple[list[str], int]]:
+    """py-spy raw (collapsed) output -> [(frames root first, count)]."""
+    stacks = []
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if stack and count.isdigit():
+            stacks.append((stack.split(";"), int(count)))
+    return stacks
+
+
+def bucket_of(frames: list[str]) -> str:
+    for frame in reversed(frames):
+        for label, needles in BUCKETS:
+            if any(n in frame for n in needles):
+                return label
+    return "other"
+
+
+def summarise(stacks: list[tuple[list[str], int]], top: int = 25) -> str:
+    total = sum(c for _, c in stacks) or 1
+    shares = Counter()
+    leaves = Counter()
+    for frames, c in stacks:
+        shares[bucket_of(frames)] += c
+        leaves[frames[-1]] += c
+    lines = [f"{total} samples; innermost known component:"]
+    lines += [f"{100 * n / total:6.1f} %  {label}" for label, n in shares.most_common()]
+    lines.append("top leaves:")
+    lines += [f"{100 * c / total:6.1f} %  {f}" for f, c in leaves.most_common(top)]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    parser = argparse.ArgumentParser(prog="profile_crawl.py", description=__doc__)
+    parser.add_argument("--images", type=int, default=3000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--image-set", choices=tuple(crawl.IMAGE_SETS), default="web")
+    parser.add_argument("--workdir", type=Path, default=crawl.REPO / "bench" / "out" / "crawl")
+    parser.add_argument("--py-spy", required=True, help="path of a py-spy executable")
+    parser.add_argument("--gil", action="store_true", help="only samples holding the GIL")
+    parser.add_argument("--rate", type=int, default=100, help="samples per second")
+    parser.add_argument("--threads", type=int, default=64)
+    parser.add_argument("--webpairs-args", default="", help="extra curate flags")
+    parser.add_argument("--webpairs-root", type=Path, default=crawl.REPO)
+    parser.add_argument("--out", type=Path, help="raw profile file (default: in --workdir)")
+    args = parser.parse_args(argv)
+
+    work = args.workdir.resolve()
+    suffix = "" if args.image_set == "web" else f"-{args.image_set}"
+    images = work / f"images-{args.images}-seed{args.seed}{suffix}"
+    files = crawl.make_images(images, args.images, args.seed, args.image_set)
+    raw = args.out or work / f"profile-{args.image_set}{'-gil' if args.gil else ''}.txt"
+    with contextlib.ExitStack() as stack:
+        server = stack.enter_context(crawl.serve(images, work / "server", "auto"))
+        urls = work / f"profile-urls-{args.image_set}.parquet"
+        crawl.write_url_list(urls, [f"{server.base_url}/{n}" for n, _, _ in files], files)
+        job = crawl.webpairs_job(
+            urls,
+            work / "profile-out",
+            mode="in_memory",
+            threads=args.threads,
+            workers=1,
+            samples_per_shard=500,
+            root=args.webpairs_root.resolve(),
+            extra_args=tuple(shlex.split(args.webpairs_args)),
+        )
+        spy = [args.py_spy, "record", "--format", "raw", "--rate", str(args.rate)]
+        spy += ["--subprocesses", "-o", str(raw)] + (["--gil"] if args.gil else ["--threads"])
+        start = time.perf_counter()
+        subprocess.run([*spy, "--", *job.cmd], env=job.env, cwd=job.cwd, check=True)
+        wall = time.perf_counter() - start
+    print(f"wall {wall:.1f} s (under py-spy); raw profile: {raw}")
+    print(summarise(parse_raw(raw)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
