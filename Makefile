@@ -18,7 +18,7 @@ install: $(STAMP)
 
 test: $(STAMP) browser
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 # Debian's chromium, for tests/pipeline/test_report_browser.py (skipped, saying why, without it);
 # installed where apt works, and never a reason for the build to fail.

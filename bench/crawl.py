@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import io
 import itertools
 import json
@@ -43,6 +44,7 @@ import multiprocessing
 import os
 import platform
 import re
+import resource
 import shlex
 import shutil
 import signal
@@ -479,7 +481,7 @@ class Job:
 @dataclass(frozen=True)
 class Measured:
     wall: float
-    cpu: float  # user + system of the tool's processes (wait4's rusage)
+    cpu: float  # user + system of the tool's processes, every descendant (see reap_session)
     server_cpu: float
     other_cpu: float  # the rest of the machine's busy time: other load skews the figures
     written: int
@@ -675,6 +677,37 @@ def stuck_threads(log_path: Path) -> Counter:
     return places
 
 
+def become_subreaper() -> bool:
+    """Linux: descendants orphaned during a run (a forkserver and its workers, whose parent
+    exits first) are re-parented to this process instead of init, so reap_session can wait
+    for them and their CPU is counted in our RUSAGE_CHILDREN."""
+    with contextlib.suppress(OSError, AttributeError):
+        return ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) == 0  # SET_CHILD_SUBREAPER
+    return False
+
+
+def reap_session(session: int, timeout: float = 15.0) -> int:
+    """Waits for the processes of `session` that were re-parented to us; kills what is left
+    after `timeout` s. -> how many were reaped."""
+    deadline, reaped = time.monotonic() + timeout, 0
+    while True:
+        ours = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                if int(fields[3]) == session and int(fields[1]) == os.getpid():
+                    ours.append(int(stat.parent.name))
+        if not ours:
+            return reaped
+        for pid in ours:
+            with contextlib.suppress(ChildProcessError):
+                if time.monotonic() > deadline:
+                    os.kill(pid, signal.SIGKILL)
+                if os.waitpid(pid, os.WNOHANG)[0]:
+                    reaped += 1
+        time.sleep(0.05)
+
+
 def measure(
     job: Job, server: Server, log_path: Path, nice: int = 0, run_timeout: float = 600.0
 ) -> Measured:
@@ -684,6 +717,7 @@ def measure(
     access_log = server.access_log
     log_offset = access_log.stat().st_size if access_log and access_log.exists() else 0
     start_epoch = time.time()
+    children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
@@ -711,7 +745,9 @@ def measure(
     timer.start()
     _, status, usage = os.wait4(proc.pid, 0)  # rusage of the tool and the children it reaped
     wall = time.perf_counter() - start
+    reap_session(proc.pid)  # what outlived the tool's main process, re-parented to us
     timer.cancel()
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
     rss.stop.set()
     rss.join()
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -720,7 +756,12 @@ def measure(
         for where, n in stuck_threads(log_path).most_common(8):
             logger.warning("  %3d thread(s) stuck at %s", n, where)
     busy = _machine_busy_seconds() - busy_before
-    cpu = usage.ru_utime + usage.ru_stime
+    # every process of the run that we or its own parent reaped (wait4's rusage alone misses
+    # orphans, e.g. a forkserver and its workers)
+    cpu = (children.ru_utime + children.ru_stime) - (
+        children_before.ru_utime + children_before.ru_stime
+    )
+    cpu = max(cpu, usage.ru_utime + usage.ru_stime)
     server_cpu = server.cpu_seconds() - server_before
     other = max(0.0, busy - cpu - server_cpu)
     written, stats = written_samples(job)
@@ -1044,6 +1085,8 @@ def run_all(
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     args = parse_args(argv)
+    if not become_subreaper():
+        logger.warning("not a subreaper: CPU of orphaned worker processes is not counted")
     work = args.workdir.resolve()
     suffix = "" if args.image_set == "web" else f"-{args.image_set}"
     images = work / f"images-{args.images}-seed{args.seed}{suffix}"

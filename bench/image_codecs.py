@@ -11,6 +11,8 @@ reducing gap); each stack's output is decoded again, so the score includes its e
 
   pillow         the pipeline at HEAD before issue 15: Image.draft (power-of-two DCT scaling),
                  BICUBIC with reducing_gap=3, Pillow's q95 encoder (GIL held while encoding)
+  pillow-box     the same with Pillow's BOX filter after draft: an area average, as cv2's
+                 INTER_AREA (also pillow-bilinear, pillow-hamming: the other cheap filters)
   turbo-pow2     simplejpeg decode at the power-of-two scale draft would pick + cv2 INTER_AREA
                  + simplejpeg q95 encode (libjpeg-turbo; every step releases the GIL)
   turbo-m8       the same with libjpeg-turbo's M/8 scaling down to just above the target
@@ -49,6 +51,19 @@ def pillow(data: bytes) -> bytes:
     buf = io.BytesIO()
     im.save(buf, "JPEG", quality=95, optimize=False)
     return buf.getvalue()
+
+
+def _pillow_with(resample: Image.Resampling, reducing_gap: float | None = None):
+    def stack(data: bytes) -> bytes:
+        im = Image.open(io.BytesIO(data))
+        tw, th = target(*im.size)
+        im.draft("RGB", (tw, th))
+        im = im.convert("RGB").resize((tw, th), resample, reducing_gap=reducing_gap)
+        buf = io.BytesIO()
+        im.save(buf, "JPEG", quality=95, optimize=False)
+        return buf.getvalue()
+
+    return stack
 
 
 def _pow2_scale(width: int, height: int, tw: int, th: int) -> int:
@@ -140,6 +155,9 @@ def vips(data: bytes) -> bytes:
 
 STACKS: dict[str, Callable[[bytes], bytes]] = {
     "pillow": pillow,
+    "pillow-box": _pillow_with(Image.Resampling.BOX),
+    "pillow-bilinear": _pillow_with(Image.Resampling.BILINEAR),
+    "pillow-hamming": _pillow_with(Image.Resampling.HAMMING),
     "turbo-pow2": turbo_pow2,
     "turbo-m8": turbo_m8,
     "turbo-pow2+pillow-resize": turbo_pow2_pillow,

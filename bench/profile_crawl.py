@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import shlex
 import subprocess
 import sys
@@ -30,7 +31,10 @@ BUCKETS = (
     ("Pillow encode", ("_encode_tile", "images.py:_encode", "_encode (pipeline")),
     ("image hashes", ("imagehash.py",)),
     ("decode + resize (Pillow)", ("pipeline/crawl/images.py", "PIL/")),
-    ("download (urllib3, http.client, sockets)", ("pipeline/crawl/", "urllib3/", "http/client", "socket.py", "ssl.py")),
+    (
+        "download (urllib3, http.client, sockets)",
+        ("pipeline/crawl/", "urllib3/", "http/client", "socket.py", "ssl.py"),
+    ),
     ("staging (StageRows)", ("pipeline/io/staging.py",)),
     ("shard writing", ("pipeline/io/shards.py", "tarfile.py")),
     ("curation stages", ("pipeline/curation/",)),
@@ -81,7 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--image-set", choices=tuple(crawl.IMAGE_SETS), default="web")
     parser.add_argument("--workdir", type=Path, default=crawl.REPO / "bench" / "out" / "crawl")
-    parser.add_argument("--py-spy", required=True, help="path of a py-spy executable")
+    parser.add_argument(
+        "--py-spy", help="path of a py-spy executable; without it, CPU per process is shown"
+    )
     parser.add_argument("--gil", action="store_true", help="only samples holding the GIL")
     parser.add_argument("--rate", type=int, default=100, help="samples per second")
     parser.add_argument("--threads", type=int, default=64)
@@ -109,6 +115,13 @@ def main(argv: list[str] | None = None) -> int:
             root=args.webpairs_root.resolve(),
             extra_args=tuple(shlex.split(args.webpairs_args)),
         )
+        if not args.py_spy:
+            wall, per_process = cpu_per_process(job.cmd, job.env, job.cwd)
+            print(f"wall {wall:.1f} s; CPU-s per process (sampled every 0.2 s):")
+            for cpu, pid, cmd in per_process:
+                print(f"{cpu:8.2f}  {pid:>7}  {cmd}")
+            print(f"{sum(c for c, _, _ in per_process):8.2f}  in all")
+            return 0
         spy = [args.py_spy, "record", "--format", "raw", "--rate", str(args.rate)]
         spy += ["--subprocesses", "-o", str(raw)] + (["--gil"] if args.gil else ["--threads"])
         start = time.perf_counter()
@@ -117,6 +130,29 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wall {wall:.1f} s (under py-spy); raw profile: {raw}")
     print(summarise(parse_raw(raw)))
     return 0
+
+
+def cpu_per_process(cmd, env, cwd, every: float = 0.2) -> tuple[float, list]:
+    """Runs cmd in its own session -> (wall s, [(CPU-s, pid, command line)]), the CPU of each
+    process of the session as last seen (a process's last `every` s before it exits is lost)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=cwd, start_new_session=True, stdout=subprocess.DEVNULL
+    )
+    seen: dict[int, tuple[float, str]] = {}
+    while proc.poll() is None:
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                if int(fields[3]) != proc.pid:
+                    continue
+                line = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ")
+                cpu = (int(fields[11]) + int(fields[12])) / tick
+                seen[int(stat.parent.name)] = cpu, line.decode(errors="replace")[:100]
+        time.sleep(every)
+    wall = time.perf_counter() - start
+    return wall, sorted(((c, pid, line) for pid, (c, line) in seen.items()), reverse=True)
 
 
 if __name__ == "__main__":

@@ -9,13 +9,20 @@ which is harmless because every later stage is order-independent (shards sort by
 
 from __future__ import annotations
 
+import collections
+import logging
+import multiprocessing
+import os
 import queue
+import sys
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.utils.windowed_value import WindowedValue
+
+logger = logging.getLogger(__name__)
 
 
 class ThreadedMapFn(beam.DoFn):
@@ -87,10 +94,7 @@ class ThreadedMapFn(beam.DoFn):
             yield from self._take(block=True)
 
     def _count(self, row) -> None:
-        if isinstance(row, dict) and "status" in row:
-            Metrics.counter(self.stage, row["status"]).inc()
-            if row.get("reason"):
-                Metrics.counter(self.stage, f"{row['status']}.{row['reason']}").inc()
+        count_row(self.stage, row)
 
     def teardown(self):
         pool = getattr(self, "_pool", None)
@@ -99,3 +103,148 @@ class ThreadedMapFn(beam.DoFn):
         close = getattr(getattr(self, "_resource", None), "close", None)
         if close is not None:  # a Crawler's connection pools and resolver threads
             close()
+
+
+def count_row(stage: str, row) -> None:
+    """A result row's status (and status.reason) as Beam counters of `stage`."""
+    if isinstance(row, dict) and "status" in row:
+        Metrics.counter(stage, row["status"]).inc()
+        if row.get("reason"):
+            Metrics.counter(stage, f"{row['status']}.{row['reason']}").inc()
+
+
+def process_context(preload: tuple[str, ...] = ()):
+    """Worker processes start from a fresh server process (forkserver), never forked from a
+    job whose threads may hold locks; spawn where forkserver does not exist (Windows).
+    `preload`: modules the forkserver imports once, before it forks any worker (takes
+    effect when this process starts its forkserver, i.e. for its first pool)."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("forkserver")
+    if preload:
+        ctx.set_forkserver_preload(list(preload))
+    return ctx
+
+
+def _preload_for(fn: Callable) -> tuple[str, ...]:
+    """What a worker imports before its first task: fn's module, and the main module when the
+    job was started as `python -m NAME` (multiprocessing re-runs it in every worker; imported
+    once in the forkserver, it costs the workers nothing)."""
+    modules = [getattr(fn, "func", fn).__module__]
+    main = getattr(getattr(sys.modules.get("__main__"), "__spec__", None), "name", None)
+    if main and not main.endswith("__main__"):
+        modules.append(main)
+    return tuple(modules)
+
+
+def workers_can_start() -> bool:
+    """False when worker processes cannot re-create the main module, as multiprocessing
+    makes them: a script read from stdin (`python - < job.py`) names a file that does not exist."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    by_name = getattr(getattr(main, "__spec__", None), "name", None)
+    return path is None or by_name is not None or os.path.exists(path)
+
+
+def _ready() -> None:
+    """A no-op task: submitted once per worker in setup(), it starts the workers while the
+    first elements are still on their way (downloads, say)."""
+
+
+class ProcessBatchFn(beam.DoFn):
+    """Applies `fn(list of elements) -> list of outputs` (same length, same order) in a pool
+    of `processes` worker processes, `batch` elements per call, so that CPU-bound Python and
+    GIL-holding C work (image encoding) leaves the process that runs the pipeline.
+
+    For one-process runners (DirectRunner in_memory), where every stage shares one GIL; on
+    process-parallel runners (multi_processing, Dask, Dataflow) a pool per worker would only
+    oversubscribe the cores. `fn` must be importable by name (a module-level function, or a
+    partial of one) and handle its own failures; `bypass(element)` true means: emit the
+    element unchanged, without sending it anywhere. A batch is sent when it holds `batch`
+    elements or, with `weigh(element)` (bytes, say), `max_batch_weight`; at most two batches
+    per process are in flight, which bounds the memory held. Outputs leave in completion order of
+    their batch; result rows are counted as Beam metrics of `stage`, as ThreadedMapFn does.
+    """
+
+    def __init__(
+        self,
+        fn: Callable,
+        processes: int,
+        batch: int = 8,
+        bypass: Callable | None = None,
+        stage: str = "map",
+        weigh: Callable | None = None,
+        max_batch_weight: int = 16 * 1024 * 1024,
+    ):
+        self.fn = fn
+        self.processes = max(1, processes)
+        self.batch = max(1, batch)
+        self.bypass = bypass
+        self.stage = stage
+        self.weigh = weigh
+        self.max_batch_weight = max_batch_weight
+
+    def setup(self):
+        if workers_can_start():
+            context = process_context(_preload_for(self.fn))
+            self._pool = ProcessPoolExecutor(self.processes, mp_context=context)
+            for _ in range(self.processes):
+                self._pool.submit(_ready)
+        else:
+            logger.warning(
+                "%s: the main module cannot be re-imported by worker processes (%s); "
+                "running in %d threads instead",
+                self.stage,
+                getattr(sys.modules.get("__main__"), "__file__", "?"),
+                self.processes,
+            )
+            self._pool = ThreadPoolExecutor(self.processes, thread_name_prefix=self.stage)
+        self._max_in_flight = 2 * self.processes
+
+    def start_bundle(self):
+        self._buffer: list = []
+        self._meta: list = []
+        self._weight = 0
+        self._pending: collections.deque = collections.deque()
+
+    def _submit(self):
+        future = self._pool.submit(self.fn, self._buffer)
+        self._pending.append((future, self._meta))
+        self._buffer, self._meta, self._weight = [], [], 0
+
+    def _take(self, block: bool):
+        if block and self._pending:
+            wait([f for f, _ in self._pending], return_when=FIRST_COMPLETED)
+        still = collections.deque()
+        while self._pending:
+            future, meta = self._pending.popleft()
+            if not future.done():
+                still.append((future, meta))
+                continue
+            outputs = future.result()  # a worker's crash (BrokenProcessPool) fails the bundle
+            for out, (window, timestamp) in zip(outputs, meta, strict=True):
+                count_row(self.stage, out)
+                yield WindowedValue(out, timestamp, [window])
+        self._pending = still
+
+    def process(self, element, window=beam.DoFn.WindowParam, timestamp=beam.DoFn.TimestampParam):
+        if self.bypass is not None and self.bypass(element):
+            yield element
+            return
+        self._buffer.append(element)
+        self._meta.append((window, timestamp))
+        self._weight += self.weigh(element) if self.weigh is not None else 0
+        if len(self._buffer) >= self.batch or self._weight >= self.max_batch_weight:
+            self._submit()
+            yield from self._take(block=len(self._pending) >= self._max_in_flight)
+
+    def finish_bundle(self):
+        if self._buffer:
+            self._submit()
+        while self._pending:
+            yield from self._take(block=True)
+
+    def teardown(self):
+        pool = getattr(self, "_pool", None)
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)

@@ -1,4 +1,5 @@
-"""Decoding and resizing images with Pillow: pure functions, then the DecodeResize stage.
+"""Decoding and resizing images with Pillow: pure functions, free of Beam, so that decode worker
+processes import only this (the stage around them is pipeline/crawl/decode.py).
 
     out = decode_and_resize(jpeg_bytes, ImageConfig(image_size=256, resize_mode="keep_ratio"))
     out.data, out.width, out.height
@@ -17,15 +18,11 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import warnings
 from dataclasses import dataclass
-from functools import partial
 
-import apache_beam as beam
 from PIL import Image, ImageOps
 
-from pipeline.crawl.concurrency import ThreadedMapFn
 from schemas import Reason, Status
 from schemas.imagehash import DECODE_ERRORS, dhash, phash, pixel_hash
 
@@ -79,6 +76,7 @@ class ImageConfig:
     max_aspect_ratio: float = math.inf  # filter: larger/smaller side of the original above this
     background: tuple[int, int, int] = (255, 255, 255)  # what transparency becomes
     threads: int = 0  # decode threads per worker; 0 = twice the number of CPUs (measured best)
+    processes: int = 0  # decode in this many worker processes (0: in the worker's threads)
 
     def __post_init__(self):
         if self.resize_mode not in RESIZE_MODES:
@@ -253,20 +251,6 @@ def decode_row(row: dict, cfg: ImageConfig) -> dict:
     return row
 
 
-def _not_ok(row: dict) -> bool:
-    return row["status"] != Status.OK
-
-
-class DecodeResize(beam.PTransform):
-    """Downloaded rows -> rows with encoded images; failures pass through untouched."""
-
-    def __init__(self, cfg: ImageConfig):
-        super().__init__()
-        self.cfg = cfg
-
-    def expand(self, rows):
-        threads = self.cfg.threads or 2 * (os.cpu_count() or 1)
-        fn = ThreadedMapFn(
-            partial(decode_row, cfg=self.cfg), threads, stage="decode", bypass=_not_ok
-        )
-        return rows | "Decode" >> beam.ParDo(fn)
+def decode_rows(rows: list[dict], cfg: ImageConfig) -> list[dict]:
+    """decode_row on a batch of rows: what a decode worker process runs."""
+    return [decode_row(row, cfg) for row in rows]

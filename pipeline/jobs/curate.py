@@ -19,8 +19,8 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import StandardOptions
 
 from pipeline.accounting.progress import ReportProgress
+from pipeline.crawl.decode import DecodeResize
 from pipeline.crawl.download import DownloadImages
-from pipeline.crawl.images import DecodeResize
 from pipeline.curation.captions import AnnotateCaptions
 from pipeline.curation.dedupe.urls import DedupeUrls
 from pipeline.curation.recipe import ApplyStages

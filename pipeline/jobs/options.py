@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from dataclasses import dataclass
 
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 from pipeline.crawl.download import (
     DEFAULT_DISALLOWED,
@@ -272,6 +273,15 @@ class CurateOptions(PipelineOptions):
         g.add_argument(
             "--decode-threads", dest="decode_threads", type=int, default=0, help="0: two per CPU"
         )
+        g.add_argument(
+            "--decode-processes",
+            dest="decode_processes",
+            type=int,
+            default=None,
+            help="decode in this many worker processes (img2dataset's --processes_count); "
+            "0: in the pipeline worker's threads. Default: one per CPU on the in-process "
+            "DirectRunner, 0 on runners that already run a process per core",
+        )
 
 
 @dataclass(frozen=True)
@@ -288,6 +298,26 @@ class CurateConfig:
     retry_failed: str | None = None  # a previous output whose transient failures are the input
     overwrite: bool = False
     resume: bool = False
+
+
+def in_process_runner(options: PipelineOptions) -> bool:
+    """True when every stage runs in this one process (DirectRunner in_memory or
+    multi_threading): one GIL for the whole job."""
+    runner = options.view_as(StandardOptions).runner
+    name = runner if isinstance(runner, str) or runner is None else type(runner).__name__
+    if name not in (None, "DirectRunner", "SwitchingDirectRunner", "BundleBasedDirectRunner"):
+        return False
+    return options.view_as(DirectOptions).direct_running_mode != "multi_processing"
+
+
+def decode_processes(opts: PipelineOptions) -> int:
+    """--decode-processes, or its default: every CPU when the job runs in this process."""
+    n = opts.view_as(CurateOptions).decode_processes
+    if n is None:
+        return (os.cpu_count() or 1) if in_process_runner(opts) else 0
+    if n < 0:
+        raise InputError(f"--decode-processes must be 0 or more, got {n}")
+    return n
 
 
 def config_from_options(opts: CurateOptions) -> CurateConfig:
@@ -365,6 +395,7 @@ def config_from_options(opts: CurateOptions) -> CurateConfig:
         min_image_size=opts.min_image_size,
         max_aspect_ratio=opts.max_aspect_ratio or math.inf,
         threads=opts.decode_threads,
+        processes=decode_processes(opts),
     )
     shards = ShardConfig(
         output=opts.output,

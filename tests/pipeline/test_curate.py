@@ -187,9 +187,9 @@ def test_retry_recovers_from_one_500(curated):
 
 def test_rerun_writes_byte_identical_tars(curated, tmp_path):
     site, rows, inp, out = curated
-    first = _tar_digests(out)
+    first = _tar_digests(out)  # decoded in worker processes: the in-process runner's default
     out2 = tmp_path / "again"
-    assert _curate(inp, out2) == 0
+    assert _curate(inp, out2, "--decode-processes", "0") == 0  # decoded in threads
     assert _tar_digests(out2) == first
     assert _curate(inp, out2) == 2  # refuses to clobber a finished run
     assert _curate(inp, out2, "--overwrite") == 0

@@ -168,7 +168,10 @@ def test_per_host_interval_holds_in_the_server_log(site, tmp_path):
     assert stats.written == len(paths)
     starts = sorted(t for t, p in site.log if p.startswith("/img/"))
     gaps = [b - a for a, b in zip(starts, starts[1:])]
-    assert min(gaps) >= 0.29, gaps
+    # the interval holds between request starts on our side; the server's clock sees them
+    # through its own scheduling (tens of ms of jitter on a loaded machine), and without the
+    # interval the gaps are a few ms
+    assert min(gaps) >= 0.25, gaps
 
 
 def test_circuit_breaker_fails_a_dead_host_fast(site, tmp_path):
