@@ -16,6 +16,7 @@ import importlib.util
 import logging
 import os
 import re
+import sys
 import uuid
 
 from apache_beam.io.filesystems import FileSystems
@@ -136,6 +137,13 @@ def check_workers(client, output: str) -> None:
             )
 
 
+# The workers' statistical profiler calls sys._current_frames() every 10 ms; on CPython 3.11
+# up to 3.11.8, a garbage collection inside that call can deadlock the worker against a thread
+# being started (python/cpython#106883, dask/distributed#8616), and the crawl starts threads:
+# a job hung this way at 3000 URLs (bench/RESULTS-crawl.md). Our local workers run without it.
+WORKER_CONFIG = {"distributed.worker.profile.enabled": False} if sys.version_info < (3, 12) else {}
+
+
 @contextlib.contextmanager
 def dask_cluster(options: PipelineOptions, output: str):
     """The job's cluster, checked; `--dask_client_address` set for the runner. A local cluster
@@ -154,6 +162,7 @@ def dask_cluster(options: PipelineOptions, output: str):
         workers = opts.dask_workers or usable_cores()
         logger.info("starting a local dask cluster of %d worker processes", workers)
         quiet = {"distributed.nanny.pre-spawn-environ.DASK_LOGGING__DISTRIBUTED": "warning"}
+        quiet.update(WORKER_CONFIG)
         with dask.config.set(quiet):  # the workers' INFO lines would drown the job's
             cluster = LocalCluster(
                 n_workers=workers,

@@ -39,7 +39,7 @@ distributed = pytest.importorskip("distributed", reason="the dask extra: pip ins
 
 from apache_beam.runners.dask.dask_runner import DaskOptions  # noqa: E402
 
-from pipeline.runners.cluster import DASK_RUNNER  # noqa: E402
+from pipeline.runners.cluster import DASK_RUNNER, WORKER_CONFIG, dask_cluster  # noqa: E402
 from pipeline.runners.dask_graph import UnsupportedOnDask  # noqa: E402
 
 pytestmark = pytest.mark.slow  # a cluster start and whole jobs: 10-60 s on the shared two cores
@@ -49,10 +49,26 @@ PHOTOS = ["astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "came
 
 @pytest.fixture(scope="module")
 def cluster():
-    with distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0"
-    ) as c:
+    import dask
+
+    with (
+        dask.config.set(WORKER_CONFIG),  # as the job's own clusters: see cluster.py
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0"
+        ) as c,
+    ):
         yield c
+
+
+def test_a_job_started_cluster_runs_its_workers_without_the_frame_sampling_profiler(tmp_path):
+    # on CPython 3.11 the profiler's sys._current_frames() can deadlock a worker that starts
+    # threads (python/cpython#106883); a 3000-URL crawl hung that way
+    import dask
+
+    options = PipelineOptions(["--runner", "dask", "--dask-workers", "1"])
+    with dask_cluster(options, str(tmp_path)) as address, distributed.Client(address) as client:
+        seen = client.run(lambda: dask.config.get("distributed.worker.profile.enabled"))
+    assert list(seen.values()) == [sys.version_info >= (3, 12)]
 
 
 def runner_options(cluster) -> list[str]:
