@@ -15,6 +15,7 @@ import multiprocessing
 import os
 import queue
 import sys
+import types
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
 
@@ -127,14 +128,21 @@ def process_context(preload: tuple[str, ...] = ()):
 
 
 def _preload_for(fn: Callable) -> tuple[str, ...]:
-    """What a worker imports before its first task: fn's module, and the main module when the
-    job was started as `python -m NAME` (multiprocessing re-runs it in every worker; imported
-    once in the forkserver, it costs the workers nothing)."""
+    """What a worker imports before its first task: fn's module, and when multiprocessing
+    re-runs the main module in every worker (`python -m NAME`, a script), the modules that
+    main module imported, so that re-running it costs the workers nothing: the forkserver
+    imports them once. (Not the main module itself: runpy warns when it finds it imported.)"""
     modules = [getattr(fn, "func", fn).__module__]
-    main = getattr(getattr(sys.modules.get("__main__"), "__spec__", None), "name", None)
-    if main and not main.endswith("__main__"):
-        modules.append(main)
-    return tuple(modules)
+    main = sys.modules.get("__main__")
+    by_name = getattr(getattr(main, "__spec__", None), "name", None)
+    if main is None or not (by_name or getattr(main, "__file__", None)):
+        return tuple(modules)  # nothing is re-run (an interactive session, `python -c`)
+    for value in list(vars(main).values()):
+        name = value.__name__ if isinstance(value, types.ModuleType) else None
+        name = name or getattr(value, "__module__", None)
+        if isinstance(name, str) and name in sys.modules and name not in ("__main__", by_name):
+            modules.append(name)
+    return tuple(dict.fromkeys(modules))
 
 
 def workers_can_start() -> bool:
@@ -144,11 +152,6 @@ def workers_can_start() -> bool:
     path = getattr(main, "__file__", None)
     by_name = getattr(getattr(main, "__spec__", None), "name", None)
     return path is None or by_name is not None or os.path.exists(path)
-
-
-def _ready() -> None:
-    """A no-op task: submitted once per worker in setup(), it starts the workers while the
-    first elements are still on their way (downloads, say)."""
 
 
 class ProcessBatchFn(beam.DoFn):
@@ -188,8 +191,8 @@ class ProcessBatchFn(beam.DoFn):
         if workers_can_start():
             context = process_context(_preload_for(self.fn))
             self._pool = ProcessPoolExecutor(self.processes, mp_context=context)
-            for _ in range(self.processes):
-                self._pool.submit(_ready)
+            for _ in range(self.processes):  # start the workers while downloads begin; a
+                self._pool.submit(int)  # builtin no-op: importing nothing in the worker
         else:
             logger.warning(
                 "%s: the main module cannot be re-imported by worker processes (%s); "
