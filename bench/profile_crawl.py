@@ -134,14 +134,23 @@ def main(argv: list[str] | None = None) -> int:
 
 def cpu_per_process(cmd, env, cwd, every: float = 0.2) -> tuple[float, list]:
     """Runs cmd in its own session -> (wall s, [(CPU-s, pid, command line)]), the CPU of each
-    process of the session as last seen (a process's last `every` s before it exits is lost)."""
+    process of the session as last seen (a process's last `every` s before it exits is lost).
+    Prints a timeline on the way: each second, the CPU-s the main process and the others used."""
     tick = os.sysconf("SC_CLK_TCK")
     start = time.perf_counter()
     proc = subprocess.Popen(
         cmd, env=env, cwd=cwd, start_new_session=True, stdout=subprocess.DEVNULL
     )
     seen: dict[int, tuple[float, str]] = {}
+    last_print, last_main, last_others = start, 0.0, 0.0
+    print("seconds  main  others (CPU-s in each second)")
     while proc.poll() is None:
+        now = time.perf_counter()
+        if now - last_print >= 1.0:
+            main_cpu = seen.get(proc.pid, (0.0, ""))[0]
+            others = sum(c for pid, (c, _) in seen.items() if pid != proc.pid)
+            print(f"{now - start:7.1f}  {main_cpu - last_main:4.2f}  {others - last_others:6.2f}")
+            last_print, last_main, last_others = now, main_cpu, others
         for stat in Path("/proc").glob("[0-9]*/stat"):
             with contextlib.suppress(OSError, ValueError, IndexError):
                 fields = stat.read_text().rsplit(")", 1)[1].split()

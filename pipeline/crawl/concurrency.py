@@ -127,15 +127,22 @@ def process_context(preload: tuple[str, ...] = ()):
     return ctx
 
 
+def _main_module() -> tuple[types.ModuleType | None, str | None, str | None]:
+    """(__main__, the name it was run as with -m, its file): what multiprocessing re-runs in
+    every spawned or forkserver worker (by name, else from the file; neither: nothing)."""
+    main = sys.modules.get("__main__")
+    by_name = getattr(getattr(main, "__spec__", None), "name", None)
+    return main, by_name, getattr(main, "__file__", None)
+
+
 def _preload_for(fn: Callable) -> tuple[str, ...]:
     """What a worker imports before its first task: fn's module, and when multiprocessing
     re-runs the main module in every worker (`python -m NAME`, a script), the modules that
     main module imported, so that re-running it costs the workers nothing: the forkserver
     imports them once. (Not the main module itself: runpy warns when it finds it imported.)"""
     modules = [getattr(fn, "func", fn).__module__]
-    main = sys.modules.get("__main__")
-    by_name = getattr(getattr(main, "__spec__", None), "name", None)
-    if main is None or not (by_name or getattr(main, "__file__", None)):
+    main, by_name, path = _main_module()
+    if main is None or not (by_name or path):
         return tuple(modules)  # nothing is re-run (an interactive session, `python -c`)
     for value in list(vars(main).values()):
         name = value.__name__ if isinstance(value, types.ModuleType) else None
@@ -148,9 +155,7 @@ def _preload_for(fn: Callable) -> tuple[str, ...]:
 def workers_can_start() -> bool:
     """False when worker processes cannot re-create the main module, as multiprocessing
     makes them: a script read from stdin (`python - < job.py`) names a file that does not exist."""
-    main = sys.modules.get("__main__")
-    path = getattr(main, "__file__", None)
-    by_name = getattr(getattr(main, "__spec__", None), "name", None)
+    _, by_name, path = _main_module()
     return path is None or by_name is not None or os.path.exists(path)
 
 
@@ -198,7 +203,7 @@ class ProcessBatchFn(beam.DoFn):
                 "%s: the main module cannot be re-imported by worker processes (%s); "
                 "running in %d threads instead",
                 self.stage,
-                getattr(sys.modules.get("__main__"), "__file__", "?"),
+                _main_module()[2],
                 self.processes,
             )
             self._pool = ThreadPoolExecutor(self.processes, thread_name_prefix=self.stage)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 from dataclasses import dataclass
 
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
@@ -27,6 +26,7 @@ from pipeline.curation.recipe import Recipe, load_recipe, with_overrides
 from pipeline.io.previous import check_previous, rejects_input
 from pipeline.io.shards import ShardConfig
 from pipeline.io.url_lists import FORMATS, InputError, ReadConfig
+from pipeline.runners.cluster import usable_cores
 
 
 def _csv_list(text: str) -> tuple[str, ...]:
@@ -311,10 +311,11 @@ def in_process_runner(options: PipelineOptions) -> bool:
 
 
 def decode_processes(opts: PipelineOptions) -> int:
-    """--decode-processes, or its default: every CPU when the job runs in this process."""
+    """--decode-processes, or its default: every core this process may use when the job runs
+    in this process."""
     n = opts.view_as(CurateOptions).decode_processes
     if n is None:
-        return (os.cpu_count() or 1) if in_process_runner(opts) else 0
+        return usable_cores() if in_process_runner(opts) else 0
     if n < 0:
         raise InputError(f"--decode-processes must be 0 or more, got {n}")
     return n

@@ -17,6 +17,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from pipeline.crawl.concurrency import ProcessBatchFn
 from pipeline.io.url_lists import InputError
 from pipeline.jobs.options import decode_processes
+from pipeline.runners.cluster import usable_cores
 
 
 def square_batch(values: list[int], offset: int = 0) -> list[tuple[int, int, int]]:
@@ -84,9 +85,9 @@ def test_an_empty_input_submits_nothing():
 @pytest.mark.parametrize(
     ("flags", "expected"),
     [
-        ([], os.cpu_count()),  # the in-process DirectRunner: one GIL for the whole job
-        (["--runner", "DirectRunner"], os.cpu_count()),
-        (["--direct_running_mode=multi_threading"], os.cpu_count()),
+        ([], usable_cores()),  # the in-process DirectRunner: one GIL for the whole job
+        (["--runner", "DirectRunner"], usable_cores()),
+        (["--direct_running_mode=multi_threading"], usable_cores()),
         (["--direct_running_mode=multi_processing", "--direct_num_workers=2"], 0),
         (["--runner", "dask"], 0),
         (["--runner", "DataflowRunner"], 0),
