@@ -1,6 +1,7 @@
 """Where a crawl's time goes: `webpairs curate` on bench/crawl.py's loopback images under py-spy.
 
     .venv/bin/python bench/profile_crawl.py --images 3000 --image-set web --py-spy /tmp/tools/bin/py-spy
+    .venv/bin/python bench/profile_crawl.py --images 3000 --stages   # time per fused stage
 
 Serves the same images as bench/crawl.py (made there, cached in --workdir), runs
 `python -m pipeline.curate` with the benchmark's flags (plus --webpairs-args) under
@@ -94,6 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--webpairs-args", default="", help="extra curate flags")
     parser.add_argument("--webpairs-root", type=Path, default=crawl.REPO)
     parser.add_argument("--out", type=Path, help="raw profile file (default: in --workdir)")
+    parser.add_argument(
+        "--stages",
+        action="store_true",
+        help="wall and CPU of each fused stage instead (bench/stage_times.py, no py-spy)",
+    )
     args = parser.parse_args(argv)
 
     work = args.workdir.resolve()
@@ -115,6 +121,13 @@ def main(argv: list[str] | None = None) -> int:
             root=args.webpairs_root.resolve(),
             extra_args=tuple(shlex.split(args.webpairs_args)),
         )
+        if args.stages:
+            here = Path(__file__).resolve().parent
+            cmd = [sys.executable, str(here / "stage_times.py"), *job.cmd[3:]]  # after -m NAME
+            start = time.perf_counter()
+            subprocess.run(cmd, env=job.env, cwd=job.cwd, check=True)
+            print(f"wall {time.perf_counter() - start:.1f} s")
+            return 0
         if not args.py_spy:
             wall, per_process = cpu_per_process(job.cmd, job.env, job.cwd)
             print(f"wall {wall:.1f} s; CPU-s per process (sampled every 0.2 s):")

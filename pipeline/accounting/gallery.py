@@ -181,28 +181,27 @@ def _save(output: str, relative: str, data: bytes) -> None:
         f.write(data)
 
 
-class _ThumbnailFn(beam.DoFn):
+class ShowRow:
     """A sampled row with its image bytes -> (key, what the gallery shows of it), its thumbnail
-    written; an image that cannot be decoded is shown without one (counted)."""
+    written; an image that cannot be decoded is shown without one (counted). Called where the
+    bytes are: the Thumbnails step here, or the shard writer (WriteShards' `show`)."""
 
     def __init__(self, cfg: GalleryConfig):
         self.cfg = cfg
-        self.written = Metrics.counter("gallery", "thumbnails")
-        self.undecodable = Metrics.counter("gallery", "undecodable")
 
-    def process(self, row):
+    def __call__(self, row: dict) -> tuple[str, dict]:
         shown = slim_row(row)
         if row.get("_image"):
             try:
                 jpeg, size = thumbnail(row["_image"], self.cfg.thumb_side)
             except DECODE_ERRORS:
-                self.undecodable.inc()
+                Metrics.counter("gallery", "undecodable").inc()
             else:
                 path = thumb_path("thumbs", row["key"])
                 _save(self.cfg.output, path, jpeg)
                 shown.update(thumb=path, thumb_size=size)
-                self.written.inc()
-        yield row["key"], shown
+                Metrics.counter("gallery", "thumbnails").inc()
+        return row["key"], shown
 
 
 def eval_thumbnails(sections: dict[str, list], cfg: GalleryConfig):
@@ -275,11 +274,35 @@ def read_gallery(output: str) -> dict | None:
         return json.loads(f.read().decode("utf-8"))
 
 
-class Gallery(beam.PTransform):
+class GallerySample(beam.PTransform):
     """{"rejected": rows not written that curation never saw (no image), "removed": the
-    curation stages' decisions, "kept": the survivors' light rows, "images": rows with their
+    curation stages' decisions, "kept": the survivors' light rows} -> the sample, one element:
+    {section: [(order, key, row)]}."""
+
+    def __init__(self, cfg: GalleryConfig):
+        super().__init__()
+        self.cfg = cfg
+
+    def expand(self, pcolls):
+        seed = self.cfg.seed
+        return (
+            (
+                pcolls["rejected"]
+                | "RejectedCandidates" >> beam.FlatMap(rejected_candidates, seed=seed),
+                pcolls["removed"]
+                | "RemovedCandidates" >> beam.FlatMap(removed_candidates, seed=seed),
+                pcolls["kept"] | "KeptCandidates" >> beam.FlatMap(kept_candidates),
+            )
+            | "AllCandidates" >> beam.Flatten()
+            | "SamplePerSection" >> beam.CombineGlobally(BottomKPerSection(self.cfg.per_reason))
+        )
+
+
+class Gallery(beam.PTransform):
+    """{"rejected", "removed", "kept" (GallerySample's inputs), "images": rows with their
     `_image` bytes (or, with `fetch`, light rows whose bytes it reads)} -> OUTPUT/report/
-    gallery.json and the thumbnails.
+    gallery.json and the thumbnails. Or {"sample": GallerySample's output, "shown": (key, shown
+    row) from ShowRow, made where the bytes already are (the curate job's shard writer)}.
 
     Every input is upstream of the shard writer, so the thumbnails' side input (the sampled
     keys) never waits on it. One more rule, for Beam's FnApiRunner (DirectRunner): "images" must
@@ -297,24 +320,17 @@ class Gallery(beam.PTransform):
 
     def expand(self, pcolls):
         cfg = self.cfg
-        sections = (
-            (
-                pcolls["rejected"]
-                | "RejectedCandidates" >> beam.FlatMap(rejected_candidates, seed=cfg.seed),
-                pcolls["removed"]
-                | "RemovedCandidates" >> beam.FlatMap(removed_candidates, seed=cfg.seed),
-                pcolls["kept"] | "KeptCandidates" >> beam.FlatMap(kept_candidates),
+        if "sample" in pcolls:
+            sections, shown = pcolls["sample"], pcolls["shown"]
+        else:
+            sections = pcolls | "Sample" >> GallerySample(cfg)
+            wanted = beam.pvalue.AsSingleton(sections | "ShownKeys" >> beam.Map(shown_keys))
+            sampled = pcolls["images"] | "SampledRows" >> beam.Filter(
+                lambda r, w: r["key"] in w, w=wanted
             )
-            | "AllCandidates" >> beam.Flatten()
-            | "SamplePerSection" >> beam.CombineGlobally(BottomKPerSection(cfg.per_reason))
-        )
-        wanted = beam.pvalue.AsSingleton(sections | "ShownKeys" >> beam.Map(shown_keys))
-        sampled = pcolls["images"] | "SampledRows" >> beam.Filter(
-            lambda r, w: r["key"] in w, w=wanted
-        )
-        if self.fetch is not None:
-            sampled = sampled | "FetchImages" >> self.fetch
-        shown = sampled | "Thumbnails" >> beam.ParDo(_ThumbnailFn(cfg))
+            if self.fetch is not None:
+                sampled = sampled | "FetchImages" >> self.fetch
+            shown = sampled | "Thumbnails" >> beam.Map(ShowRow(cfg))
         evals = {}
         if cfg.eval_source:
             evals = beam.pvalue.AsDict(

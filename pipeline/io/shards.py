@@ -3,10 +3,11 @@
     written = ok_rows | "WriteShards" >> WriteShards(ShardConfig(output="out/"))
     written["rows"], written["shards"]
 
-A sample's shard is a hash of its key modulo a shard count sized from the number (and bytes)
-of samples, so a re-run of the same input writes the same bytes into the same shard names,
-shard sizes differ only by hash noise (no tiny tail shard), and no worker ever needs a
-global list. Each shard is written to a temporary name and renamed, through Beam's
+A sample's shard is a hash of its key modulo a shard count sized from the number of rows
+the job set out to crawl (as img2dataset sizes its shards; or from the samples written and
+their bytes, see WriteShards), so a re-run of the same input writes the same bytes into the
+same shard names, shard sizes differ only by hash noise and the rows that failed or were
+removed (no tiny tail shard), and no worker ever needs a global list. Each shard is written to a temporary name and renamed, through Beam's
 FileSystems, so a reader never sees half a tar, on local disk, gs:// or s3://.
 """
 
@@ -38,7 +39,7 @@ TAR_MTIME = 0  # fixed, so that re-runs write byte-identical tars
 @dataclass(frozen=True)
 class ShardConfig:
     output: str  # dataset folder; shards go to OUTPUT/shards/
-    samples_per_shard: int = 10_000
+    samples_per_shard: int = 10_000  # rows per shard (planned rows, or written ones: WriteShards)
     bytes_per_shard: int | None = None  # also cap shards by encoded image bytes
     extra_fields: tuple[pa.Field, ...] = ()  # pass-through columns for the per-shard parquet
 
@@ -157,15 +158,24 @@ def write_shard(rows: list[dict], name: str, cfg: ShardConfig) -> ShardEntry:
 
 
 class _WriteShardFn(beam.DoFn):
-    def __init__(self, cfg: ShardConfig):
-        self.cfg = cfg
+    """(shard index, its ok rows with `_image`) -> the shard written; its rows out (tagged
+    "removed" where a curation decision, looked up by shard, removed them), its ShardEntry
+    ("shards") and, with `show`, what the audit gallery shows of its sampled rows ("shown")."""
+
+    def __init__(self, cfg: ShardConfig, show=None):
+        self.cfg, self.show = cfg, show
         self.samples = Metrics.counter("write_shards", "samples")
         self.shards = Metrics.counter("write_shards", "shards")
         self.bytes = Metrics.counter("write_shards", "bytes")
 
-    def process(self, element, num_shards):
-        index, groups = element
-        rows, removed = apply_decisions(groups["rows"], groups["removed"])
+    def process(self, element, num_shards, decisions, wanted=frozenset()):
+        index, rows = element
+        if self.show is not None and wanted:
+            rows = list(rows)
+            for row in rows:
+                if row["key"] in wanted:
+                    yield beam.pvalue.TaggedOutput("shown", self.show(row))
+        rows, removed = apply_decisions(rows, decisions[index])
         for row in removed:
             yield beam.pvalue.TaggedOutput("removed", row)
         if not rows:
@@ -188,41 +198,61 @@ def light_row(row: dict) -> dict:
 
 class WriteShards(beam.PTransform):
     """{"rows": ok rows with `_image`, "survivors": their light rows kept by curation,
-    "removed": curation decisions} -> {"rows": written rows, "removed": removed rows,
-    "shards": one ShardEntry per shard}.
+    "removed": curation decisions, and optionally "planned": how many rows the job set out to
+    crawl (one int), "wanted": the keys the audit gallery shows (one set)} -> {"rows": written
+    rows, "removed": removed rows, "shards": one ShardEntry per shard, "shown": (key, what the
+    gallery shows of it) from `show` for each wanted row}.
 
-    Image bytes are shuffled once, here: the decisions are grouped with the rows of their
-    shard, and a shard's count is sized from the survivors.
+    Image bytes are shuffled once, here, and alone: the rows go to their shard by a GroupByKey;
+    the decisions (small) reach the shard writer as a side input looked up by shard.
+
+    The shard count is sized, as img2dataset sizes its shards, from the rows the job set out to
+    crawl ("planned"), so a row's shard is known before its image is downloaded: its bytes go
+    from the crawl straight into the shuffle, in the same fused stage, and no stage reads them
+    again but the writer. Without "planned", or with a byte cap (`bytes_per_shard`: bytes are
+    known only after the crawl), the count is sized from the survivors instead, and the rows
+    wait for it.
     """
 
-    def __init__(self, cfg: ShardConfig):
+    def __init__(self, cfg: ShardConfig, show=None):
         super().__init__()
-        self.cfg = cfg
+        self.cfg, self.show = cfg, show
 
     def expand(self, pcolls):
         cfg = self.cfg
-        num_shards = beam.pvalue.AsSingleton(
-            pcolls["survivors"]
-            | "SampleSizes" >> beam.Map(lambda r: (1, r["_nbytes"]))
-            | "SumSizes" >> beam.CombineGlobally(beam.combiners.TupleCombineFn(sum, sum))
-            | "ShardCount" >> beam.Map(lambda t: shard_count(t[0], t[1], cfg))
-        )
-        keyed = {
-            "rows": pcolls["rows"]
-            | "ShardOfRow" >> beam.Map(lambda r, n: (assign_shard(r["key"], n), r), n=num_shards),
-            "removed": pcolls["removed"]
+        if "planned" in pcolls and cfg.bytes_per_shard is None:
+            counted = pcolls["planned"] | "ShardCount" >> beam.Map(lambda n: shard_count(n, 0, cfg))
+        else:
+            counted = (
+                pcolls["survivors"]
+                | "SampleSizes" >> beam.Map(lambda r: (1, r["_nbytes"]))
+                | "SumSizes" >> beam.CombineGlobally(beam.combiners.TupleCombineFn(sum, sum))
+                | "ShardCount" >> beam.Map(lambda t: shard_count(t[0], t[1], cfg))
+            )
+        num_shards = beam.pvalue.AsSingleton(counted)
+        decisions = beam.pvalue.AsMultiMap(
+            pcolls["removed"]
             | "ShardOfDecision"
-            >> beam.Map(lambda d, n: (assign_shard(d["key"], n), d), n=num_shards),
-        }
+            >> beam.Map(lambda d, n: (assign_shard(d["key"], n), d), n=num_shards)
+        )
+        sides = {"num_shards": num_shards, "decisions": decisions}
+        if self.show is not None and "wanted" in pcolls:
+            sides["wanted"] = beam.pvalue.AsSingleton(pcolls["wanted"])
         written = (
-            keyed
-            | "GroupByShard" >> beam.CoGroupByKey()
+            pcolls["rows"]
+            | "ShardOfRow" >> beam.Map(lambda r, n: (assign_shard(r["key"], n), r), n=num_shards)
+            | "GroupByShard" >> beam.GroupByKey()
             | "WriteShard"
-            >> beam.ParDo(_WriteShardFn(cfg), num_shards=num_shards).with_outputs(
-                "shards", "removed", main="rows"
+            >> beam.ParDo(_WriteShardFn(cfg, self.show), **sides).with_outputs(
+                "shards", "removed", "shown", main="rows"
             )
         )
-        return {"rows": written.rows, "removed": written.removed, "shards": written.shards}
+        return {
+            "rows": written.rows,
+            "removed": written.removed,
+            "shards": written.shards,
+            "shown": written.shown,
+        }
 
 
 def shard_sizes(manifest: Manifest) -> dict[str, dict[str, int]]:

@@ -18,6 +18,7 @@ import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import StandardOptions
 
+from pipeline.accounting.gallery import GallerySample, ShowRow, shown_keys
 from pipeline.accounting.progress import ReportProgress
 from pipeline.crawl.decode import DecodeResize
 from pipeline.crawl.download import DownloadImages
@@ -61,13 +62,14 @@ PROG = "webpairs curate"
 
 def read_and_fetch(p: beam.Pipeline, cfg: CurateConfig) -> dict:
     """-> {"images": decoded rows (ok with `_image`, or not ok), "url_duplicates", "invalid",
-    "input_count", "warnings"}: the source half of the job, logged to the staging area on the way."""
+    "input_count", "warnings", "planned" (the count of rows to decode)}: the source half of the job, logged to the staging area on the way."""
     extra = cfg.read.extra_fields
     if cfg.read.input_format == "webdataset":
         # Existing shards: no download; keys come from the source shard and sample key.
         read = p | "ReadShards" >> ReadShards(ShardInput(cfg.read.input, cfg.read.extra_cols))
         url_duplicates = p | "NoUrlDuplicates" >> beam.Create([])
         fetched = read["rows"]
+        planned = fetched
         warnings = read["warnings"]
     else:
         read = p | "ReadPairs" >> ReadPairs(cfg.read)
@@ -89,6 +91,7 @@ def read_and_fetch(p: beam.Pipeline, cfg: CurateConfig) -> dict:
                 url_duplicates,
                 fresh["duplicates"],
             ) | "AllUrlDuplicates" >> beam.Flatten()
+        planned = pairs  # staged or not: a resumed run shards as the whole run would
         if cfg.resume:
             staged = p | "ReadStaged" >> ReadStaged(cfg.output)
             pairs = {"pairs": pairs, "staged": staged} | "SkipStaged" >> SkipStaged()
@@ -105,6 +108,8 @@ def read_and_fetch(p: beam.Pipeline, cfg: CurateConfig) -> dict:
         "invalid": read["invalid"],
         "input_count": read["input_count"],
         "warnings": warnings,
+        # how many rows the job sets out to decode: the shard count is sized from it (WriteShards)
+        "planned": planned | "CountPlanned" >> beam.combiners.Count.Globally(),
     }
 
 
@@ -116,10 +121,13 @@ def _split_ok(row):
         yield beam.pvalue.TaggedOutput("not_ok", public_row(row))
 
 
-def curate_and_write(images, cfg: CurateConfig, scorer: ScorerIdentity | None = None) -> dict:
-    """Decoded rows -> [scoring] -> curation stages -> shards.
-    -> {"rows": written, "removed", "shards", "not_ok", and for the audit gallery: "decisions"
-    (curation's), "survivors" (their light rows), "images" (the ok rows with their bytes)}."""
+def curate_and_write(source: dict, cfg: CurateConfig, scorer: ScorerIdentity | None = None) -> dict:
+    """read_and_fetch's output -> [scoring] -> curation stages -> shards, and the audit
+    gallery's sample and thumbnails (made in the shard writer, where the bytes are).
+    -> {"rows": written, "removed", "shards", "not_ok", "uncurated" (rows not written that never
+    reached curation: no image), "decisions" (curation's), "survivors" (their light rows),
+    "gallery_rows" (Gallery's inputs)}."""
+    images = source["images"]
     split = images | "SplitOk" >> beam.ParDo(_split_ok).with_outputs("not_ok", main="ok")
     ok, not_ok = split.ok, split.not_ok
     recipe = cfg.recipe
@@ -133,18 +141,32 @@ def curate_and_write(images, cfg: CurateConfig, scorer: ScorerIdentity | None = 
     light = ok | "LightRows" >> beam.Map(light_row)
     stages = [(f"Curate:{s}", recipe.transform(s, cfg.output)) for s in recipe.stages]
     curated = light | "Curation" >> ApplyStages(stages)
+    uncurated = (
+        not_ok,
+        source["url_duplicates"],
+        source["invalid"],
+    ) | "Uncurated" >> beam.Flatten()
+    gallery = gallery_config(cfg.output, recipe)
+    sample = {
+        "rejected": uncurated,
+        "removed": curated["removed"],
+        "kept": curated["kept"],
+    } | "GallerySample" >> GallerySample(gallery)
     shards_cfg = replace(cfg.shards, extra_fields=extra)
     written = {
         "rows": ok,
         "survivors": curated["kept"],
         "removed": curated["removed"],
-    } | "WriteShards" >> WriteShards(shards_cfg)
+        "planned": source["planned"],
+        "wanted": sample | "GalleryKeys" >> beam.Map(shown_keys),
+    } | "WriteShards" >> WriteShards(shards_cfg, show=ShowRow(gallery))
     return {
         **written,
         "not_ok": not_ok,
+        "uncurated": uncurated,
         "decisions": curated["removed"],
         "survivors": curated["kept"],
-        "images": ok,
+        "gallery_rows": {"sample": sample, "shown": written["shown"]},
     }
 
 
@@ -154,13 +176,8 @@ def build(
     """The job graph. `cfg.read` must be resolved (see read.resolve); `scorer` is the checked
     model of the recipe's `score` section (score.check_scoring)."""
     source = read_and_fetch(p, cfg)
-    written = curate_and_write(source["images"], cfg, scorer)
-    uncurated = (  # rows not written that never reached curation (no image)
-        written["not_ok"],
-        source["url_duplicates"],
-        source["invalid"],
-    ) | "Uncurated" >> beam.Flatten()
-    rejects = (uncurated, written["removed"]) | "AllRejects" >> beam.Flatten()
+    written = curate_and_write(source, cfg, scorer)
+    rejects = (written["uncurated"], written["removed"]) | "AllRejects" >> beam.Flatten()
     results = (
         (written["rows"], rejects)
         | "AllResults" >> beam.Flatten()
@@ -177,12 +194,7 @@ def build(
         source=cfg.incremental or cfg.retry_failed,  # this output extends that one
         scorer=scorer.to_dict() if scorer else None,
         gallery=gallery_config(cfg.output, cfg.recipe),
-        gallery_rows={
-            "rejected": uncurated,
-            "removed": written["decisions"],
-            "kept": written["survivors"],
-            "images": written["images"],  # the sampled rows' thumbnails, from the bytes here
-        },
+        gallery_rows=written["gallery_rows"],
         warnings=source["warnings"],
     )
 

@@ -68,8 +68,23 @@ class CurateOptions(PipelineOptions):
 
         g = parser.add_argument_group("output")
         g.add_argument("--output", dest="output", help="dataset folder (local, gs://, s3://)")
-        g.add_argument("--samples-per-shard", dest="samples_per_shard", type=int, default=10_000)
-        g.add_argument("--bytes-per-shard", dest="bytes_per_shard", type=int, default=None)
+        g.add_argument(
+            "--samples-per-shard",
+            dest="samples_per_shard",
+            type=int,
+            default=10_000,
+            help="rows to download per shard, as img2dataset's --number_sample_per_shard: the "
+            "shard count is fixed before the crawl, so failed and removed rows leave shards "
+            "smaller (default 10000)",
+        )
+        g.add_argument(
+            "--bytes-per-shard",
+            dest="bytes_per_shard",
+            type=int,
+            default=None,
+            help="also cap shards by image bytes; the count then waits for the crawl's end "
+            "and is sized from the rows written",
+        )
         g.add_argument(
             "--overwrite",
             dest="overwrite",
