@@ -119,7 +119,8 @@ class DistributionsFn(CounterCombineFn):
 
 
 class Distributions(beam.PTransform):
-    """{"written": written rows, "results": all rows} -> one dict of histograms."""
+    """{"written": written rows, "results": all rows} -> one dict of histograms (none for no
+    rows: read it as a side input with a default)."""
 
     def expand(self, pcolls):
         clusters = (
@@ -133,5 +134,5 @@ class Distributions(beam.PTransform):
         return (
             (pcolls["written"], clusters)
             | "AllFeatures" >> beam.Flatten()
-            | "Histograms" >> beam.CombineGlobally(DistributionsFn())
+            | "Histograms" >> beam.CombineGlobally(DistributionsFn()).without_defaults()
         )

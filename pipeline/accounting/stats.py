@@ -94,9 +94,14 @@ class WriteStats(beam.PTransform):
             | "ByDomain" >> beam.Map(lambda kv: (kv[0][0], (kv[0][1], kv[1])))
             | "GroupDomain" >> beam.GroupByKey()
             | "ReasonDict" >> beam.Map(lambda kv: (kv[0], dict(kv[1])))
-            | "TopDomains" >> beam.combiners.Top.Of(self.top_domains, key=_domain_total)
+            | "TopDomains"
+            >> beam.combiners.Top.Of(self.top_domains, key=_domain_total).without_defaults()
         )
-        shard_count = pcolls["shards"] | "CountShards" >> beam.combiners.Count.Globally()
+        # Side inputs with a default value for no input, rather than combines that make one:
+        # Beam builds a default element with a few steps (and a stage) per combine.
+        shard_count = (
+            pcolls["shards"] | "CountShards" >> beam.combiners.Count.Globally().without_defaults()
+        )
         distributions = {
             "written": pcolls["written"],
             "results": results,
@@ -104,13 +109,16 @@ class WriteStats(beam.PTransform):
         warnings = pcolls.get("warnings")
         if warnings is None:
             warnings = results.pipeline | "NoWarnings" >> beam.Create([])
-        warning_counts = warnings | "CountWarnings" >> beam.CombineGlobally(CounterCombineFn())
+        warning_counts = (
+            warnings
+            | "CountWarnings" >> beam.CombineGlobally(CounterCombineFn()).without_defaults()
+        )
         return outcomes | "WriteStatsFile" >> beam.Map(
             _write_stats,
-            input_count=beam.pvalue.AsSingleton(pcolls["input_count"]),
-            failed_by_domain=beam.pvalue.AsSingleton(failed_by_domain),
-            shard_count=beam.pvalue.AsSingleton(shard_count),
-            distributions=beam.pvalue.AsSingleton(distributions),
-            warnings=beam.pvalue.AsSingleton(warning_counts),
+            input_count=beam.pvalue.AsSingleton(pcolls["input_count"], default_value=0),
+            failed_by_domain=beam.pvalue.AsSingleton(failed_by_domain, default_value=[]),
+            shard_count=beam.pvalue.AsSingleton(shard_count, default_value=0),
+            distributions=beam.pvalue.AsSingleton(distributions, default_value=None),
+            warnings=beam.pvalue.AsSingleton(warning_counts, default_value={}),
             output=self.output,
         )

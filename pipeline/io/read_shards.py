@@ -191,7 +191,7 @@ class ReadShards(beam.PTransform):
             | "ReadTar" >> beam.ParDo(_ReadTarFn(self.cfg)).with_outputs("warnings", main="rows")
         )
         rows, warnings = read.rows, read.warnings
-        count = rows | "CountInput" >> beam.combiners.Count.Globally()
+        count = rows | "CountInput" >> beam.combiners.Count.Globally().without_defaults()
         ok_or_failed = rows | "Readable" >> beam.Filter(lambda r: r["status"] != Status.INVALID)
         invalid = rows | "Unreadable" >> beam.Filter(lambda r: r["status"] == Status.INVALID)
         return {

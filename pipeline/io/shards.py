@@ -229,7 +229,7 @@ class WriteShards(beam.PTransform):
                 | "SumSizes" >> beam.CombineGlobally(beam.combiners.TupleCombineFn(sum, sum))
                 | "ShardCount" >> beam.Map(lambda t: shard_count(t[0], t[1], cfg))
             )
-        num_shards = beam.pvalue.AsSingleton(counted)
+        num_shards = beam.pvalue.AsSingleton(counted, default_value=1)  # no rows planned: none
         decisions = beam.pvalue.AsMultiMap(
             pcolls["removed"]
             | "ShardOfDecision"

@@ -353,7 +353,8 @@ class ReadRawRows(beam.PTransform):
 
 
 class ReadPairs(beam.PTransform):
-    """-> {"pairs": valid pairs, "invalid": invalid result rows, "input_count": singleton count}."""
+    """-> {"pairs": valid pairs, "invalid": invalid result rows, "input_count": the count of
+    input rows (no element for none: read it as a side input with default 0)}."""
 
     def __init__(self, cfg: ReadConfig):
         super().__init__()
@@ -361,7 +362,7 @@ class ReadPairs(beam.PTransform):
 
     def expand(self, pbegin):
         raw = pbegin | "ReadRawRows" >> ReadRawRows(self.cfg)
-        input_count = raw | "CountInput" >> beam.combiners.Count.Globally()
+        input_count = raw | "CountInput" >> beam.combiners.Count.Globally().without_defaults()
         checked = raw | "ValidatePairs" >> beam.ParDo(_ValidatePairFn(self.cfg)).with_outputs(
             "invalid", main="pairs"
         )

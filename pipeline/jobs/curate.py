@@ -109,7 +109,7 @@ def read_and_fetch(p: beam.Pipeline, cfg: CurateConfig) -> dict:
         "input_count": read["input_count"],
         "warnings": warnings,
         # how many rows the job sets out to decode: the shard count is sized from it (WriteShards)
-        "planned": planned | "CountPlanned" >> beam.combiners.Count.Globally(),
+        "planned": planned | "CountPlanned" >> beam.combiners.Count.Globally().without_defaults(),
     }
 
 

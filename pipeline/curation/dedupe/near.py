@@ -192,7 +192,8 @@ class NearDedupe(beam.PTransform):
         )
         representatives, same = collapsed.best, collapsed.same
         rows = beam.pvalue.AsSingleton(
-            representatives | "CountRows" >> beam.combiners.Count.Globally()
+            representatives | "CountRows" >> beam.combiners.Count.Globally().without_defaults(),
+            default_value=0,
         )
         near = (
             representatives
