@@ -36,7 +36,11 @@ from trainer.pretrained import main as export
 from trainer.tokenizer import CaptionTokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
-CAPTIONS = ["a photo of a cat", "Café crème &amp; ＦＵＬＬＷＩＤＴＨ 🐶", "two dogs playing in the snow"]
+CAPTIONS = [
+    "a photo of a cat",
+    "Café crème &amp; ＦＵＬＬＷＩＤＴＨ 🐶",
+    "two dogs playing in the snow",
+]
 
 OPENCLIP_SIDE = """
 import json, sys, open_clip, torch

@@ -1,9 +1,13 @@
-"""A row's shard is known before its image is downloaded: the shard count is sized from the
+"""Shard writing. A row's shard is known before its image is downloaded: the shard count is sized from the
 rows the job sets out to crawl (as img2dataset sizes its shards), so the image bytes go from
-the crawl straight into the shard writer's shuffle, and no other stage reads them."""
+the crawl straight into the shard writer's shuffle, and no other stage reads them. The tars are the bytes tarfile writes, at less than half the cost."""
 
 from __future__ import annotations
 
+import hashlib
+import io
+import random
+import tarfile
 from dataclasses import replace
 
 import apache_beam as beam
@@ -11,11 +15,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.io.shards import assign_shard, shard_name
+from pipeline.io.shards import TAR_MTIME, assign_shard, json_row, shard_name, write_tar
 from pipeline.io.url_lists import resolve
 from pipeline.jobs.curate import build, main
 from pipeline.jobs.options import CurateOptions, config_from_options
 from pipeline.jobs.shell import job_options
+from schemas import sample_to_members
 
 GOOD = ["/img/coffee.jpg", "/img/chelsea.png", "/img/astronaut.webp", "/img/rocket.jpg"]
 MISSING = ["/missing.jpg", "/missing.jpg?a", "/missing.jpg?b", "/missing.jpg?c"]
@@ -112,3 +117,47 @@ def test_the_image_bytes_go_from_the_crawl_to_the_shard_writer_alone(tmp_path, r
         if rows in n.main_inputs.values() or rows in [si.pvalue for si in n.side_inputs]
     )
     assert readers == ["LightRows", "WriteShards/ShardOfRow"]
+
+
+def _tarfile_bytes(samples: list[dict]) -> bytes:
+    """What the shard writer wrote before member_header: tarfile's own "w|" PAX writer."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        for row in samples:
+            for m in sample_to_members(
+                row["key"], row["_image"], row["_ext"], row["caption"], json_row(row)
+            ):
+                info = tarfile.TarInfo(m.name)
+                info.size, info.mtime, info.mode = len(m.data), TAR_MTIME, 0o644
+                info.uname = info.gname = ""
+                tar.addfile(info, io.BytesIO(m.data))
+    return buf.getvalue()
+
+
+def test_tar_bytes_are_tarfiles_own(tmp_path):
+    rng = random.Random(0)
+    samples = [
+        {
+            "key": key,
+            "_image": rng.randbytes(size),
+            "_ext": "jpg",
+            "caption": caption,
+            "url": f"http://example.com/{key}",
+        }
+        for key, size, caption in [
+            ("0" * 40, 0, None),
+            ("a1b2c3" * 10, 511, "a caption"),
+            ("f" * 64, 512, "légende, 説明"),  # non-ASCII text inside: still a plain member
+            ("k" * 96, 513, "the longest plain name: 96 + '.jpg' = 100 bytes"),
+            ("k" * 97, 70_000, "one byte longer: a PAX header first"),
+            ("clé", 1000, "a non-ASCII name: a PAX header first"),
+        ]
+    ]
+    out = io.BytesIO()
+    size, digest = write_tar(samples, out)
+    assert out.getvalue() == _tarfile_bytes(samples)
+    assert (size, digest) == (len(out.getvalue()), hashlib.sha256(out.getvalue()).hexdigest())
+    # and tarfile reads every member back
+    with tarfile.open(fileobj=io.BytesIO(out.getvalue())) as tar:
+        names = [m.name for m in tar.getmembers()]
+    assert names == [f"{s['key']}.{e}" for s in samples for e in ("jpg", "json", "txt")]
