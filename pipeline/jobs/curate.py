@@ -49,6 +49,7 @@ from pipeline.jobs.shell import (
     write_tail,
 )
 from pipeline.runners.cluster import DaskClusterOptions
+from pipeline.runners.local import new_pipeline
 from pipeline.scoring.identity import ScorerIdentity
 from pipeline.scoring.pairs import ScorePairs, check_scoring
 from schemas import Stats, Status
@@ -241,7 +242,7 @@ def run(argv: list[str]) -> Stats:
         if k not in ("overwrite", "resume", "keep_staging", "staging", "staging_flush_rows")
     }
 
-    p = beam.Pipeline(options=options)
+    p = new_pipeline(options)
     build(p, cfg, record, scorer)
     logger.info(
         "curating %s -> %s on %s",

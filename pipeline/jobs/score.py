@@ -42,6 +42,7 @@ from pipeline.io.url_lists import InputError
 from pipeline.jobs.options import CurateOptions
 from pipeline.jobs.shell import MonitorOptions, job_main, job_options, run_pipeline
 from pipeline.results import parquet_schema
+from pipeline.runners.local import new_pipeline
 from pipeline.scoring.crossfit import (
     CrossFit,
     FoldCounts,
@@ -248,7 +249,7 @@ def score_cross_fitted(
     own = options.view_as(ScoreOptions)
     plan = plan_cross_fit(source, own.cross_fit, own.cross_fit_runs, train_args)
     os.makedirs(plan.runs, exist_ok=True)
-    p = beam.Pipeline(options=job_options(argv))
+    p = new_pipeline(job_options(argv))
     _ = p | "ReadMetadata" >> ReadSource(source) | "SaveFoldCounts" >> SaveFoldCounts(plan)
     run_pipeline(p, source.path)
     counts = load_fold_counts(plan)
@@ -277,7 +278,7 @@ def run(argv: list[str]) -> tuple[Source, dict]:
         logger.info("scoring %s, each fold with the model trained without it", source.path)
     if source.manifest.scorer is not None:  # stale scores until every shard is rewritten
         save_manifest(dataclasses.replace(source.manifest, scorer=None), source.path)
-    p = beam.Pipeline(options=options)
+    p = new_pipeline(options)
     _ = p | "ScoreDataset" >> transform
     result = run_pipeline(p, source.path, PROG, total=source.manifest.total_samples)
     counters = result.metrics().query(MetricsFilter().with_namespace("score"))["counters"]

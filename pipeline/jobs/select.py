@@ -46,6 +46,7 @@ from pipeline.jobs.shell import (
     write_tail,
 )
 from pipeline.runners.cluster import DaskClusterOptions
+from pipeline.runners.local import new_pipeline
 from pipeline.scoring.identity import ScorerIdentity, is_remote
 from pipeline.scoring.pairs import ScorePairs, check_scoring
 from schemas import Stats
@@ -260,7 +261,7 @@ def run(argv: list[str]) -> Stats:
         **options.view_as(SelectOptions).get_all_options(current_only=True),
     }
     record.pop("overwrite", None)
-    p = beam.Pipeline(options=options)
+    p = new_pipeline(options)
     build(p, replace(cfg, output=cfg.output.rstrip("/")), source, scorer, record)
     logger.info("selecting %s -> %s", source.path, cfg.output)
     run_pipeline(p, cfg.output, PROG, total=source.manifest.total_samples)

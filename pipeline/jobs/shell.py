@@ -5,7 +5,7 @@ for a user mistake, the exit code).
 
     options = job_options(argv)                       # in run(argv)
     prepare_output(cfg.output, cfg.overwrite)
-    p = beam.Pipeline(options=options)
+    p = new_pipeline(options)                         # pipeline/runners/local.py
     ... write_tail(cfg.output, rejects=..., written=..., ...)
     p.run().wait_until_finish()
     return finish(cfg.output)                          # Stats, checked; report written
