@@ -3,6 +3,7 @@
     phash(image)         -> 16 hex digits: 64-bit DCT perceptual hash (robust to resize, re-encode)
     dhash(image)         -> 16 hex digits: 64-bit difference hash, near dedupe's second opinion
     pixel_hash(image)    -> 32 hex digits: identical decoded pixels <=> identical hash
+    image_hashes(image)  -> (pixel_hash, phash, dhash), the grey image made once
     hamming(a, b)        -> number of differing bits between two phashes
     hamming_matrix(hs)   -> (n, n) of those, by XOR + popcount
 
@@ -44,9 +45,20 @@ def _dct_matrix(n: int = _IMG_SIZE) -> np.ndarray:
     return c
 
 
+def _gray(image: Image.Image) -> Image.Image:
+    return image if image.mode == "L" else image.convert("L")
+
+
+def image_hashes(image: Image.Image) -> tuple[str, str, str]:
+    """(pixel_hash, phash, dhash) of an RGB image, its grey version made once for both
+    perceptual hashes (the same values as each function's own)."""
+    gray = image.convert("L")
+    return pixel_hash(image), phash(gray), dhash(gray)
+
+
 def phash_bits(image: Image.Image) -> np.ndarray:
     """64 booleans: low-frequency DCT coefficients above their median."""
-    gray = image.convert("L").resize((_IMG_SIZE, _IMG_SIZE), Image.Resampling.BOX)
+    gray = _gray(image).resize((_IMG_SIZE, _IMG_SIZE), Image.Resampling.BOX)
     pixels = np.asarray(gray, dtype=np.float64)
     c = _dct_matrix()
     dct = c @ pixels @ c.T  # (32, 32)
@@ -69,7 +81,7 @@ def dhash(image: Image.Image) -> str:
     """64-bit difference hash: is each pixel of a 9x8 grey thumbnail brighter than its left
     neighbour. Built from horizontal gradients rather than DCT coefficients, so for unrelated
     images it errs independently of `phash`: NearDedupe requires both to agree."""
-    gray = image.convert("L").resize((_HASH_SIZE + 1, _HASH_SIZE), Image.Resampling.BOX)
+    gray = _gray(image).resize((_HASH_SIZE + 1, _HASH_SIZE), Image.Resampling.BOX)
     px = np.asarray(gray, dtype=np.int16)  # (8, 9)
     return _hex((px[:, 1:] > px[:, :-1]).ravel())
 

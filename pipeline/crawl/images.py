@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from PIL import Image, ImageOps
 
 from schemas import Reason, Status
-from schemas.imagehash import DECODE_ERRORS, dhash, phash, pixel_hash
+from schemas.imagehash import DECODE_ERRORS, image_hashes
 
 RESIZE_MODES = ("no", "keep_ratio", "keep_ratio_largest", "center_crop", "border")
 
@@ -175,9 +175,7 @@ def decode_and_resize(data: bytes, cfg: ImageConfig) -> DecodedImage:
             ) and (im.mode == "RGB" or (source_format == "JPEG" and im.mode == "L")):
                 im.load()  # reject truncated files even when the bytes are kept
                 rgb = _to_rgb(im, cfg.background)
-                return DecodedImage(
-                    data, cfg.encode_format, ow, oh, ow, oh, pixel_hash(rgb), phash(rgb), dhash(rgb)
-                )
+                return DecodedImage(data, cfg.encode_format, ow, oh, ow, oh, *image_hashes(rgb))
             if source_format == "JPEG" and (tw, th) != (ow, oh):
                 # Decode at the smallest power-of-two scale that still covers the target.
                 im.draft("RGB", (th, tw) if swaps else (tw, th))
@@ -192,9 +190,7 @@ def decode_and_resize(data: bytes, cfg: ImageConfig) -> DecodedImage:
                 im.height,
                 ow,
                 oh,
-                pixel_hash(im),
-                phash(im),
-                dhash(im),
+                *image_hashes(im),
             )
     except ImageError:
         raise

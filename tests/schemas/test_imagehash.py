@@ -78,3 +78,29 @@ def test_dhash_survives_resize_and_reencode_and_tells_photos_apart(photos):
         assert hamming(hashes[name], dhash(small)) <= 8, name
     apart = [hamming(hashes[a], hashes[b]) for a in names for b in names if a < b]
     assert min(apart) > 12
+
+
+def _noise_image(seed: int, mode: str = "RGB"):
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    im = Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8), "RGB")
+    return im.resize((256, 192)).convert(mode)
+
+
+def test_image_hashes_are_each_hashs_own_values():
+    # pinned: what pixel_hash, phash and dhash gave before image_hashes shared the grey image
+    assert imagehash.image_hashes(_noise_image(7)) == (
+        "618a8cf068448833b51c5b779fada8df",
+        "9ffe797d2462a004",
+        "0a35a96e5453545a",
+    )
+    for seed in range(5):
+        im = _noise_image(seed)
+        assert imagehash.image_hashes(im) == (
+            imagehash.pixel_hash(im),
+            imagehash.phash(im),
+            imagehash.dhash(im),
+        )
+        grey = im.convert("L")  # a grey image hashes as its RGB self would
+        assert (imagehash.phash(grey), imagehash.dhash(grey)) == imagehash.image_hashes(im)[1:]
