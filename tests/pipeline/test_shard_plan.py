@@ -1,26 +1,28 @@
-"""Shard writing. A row's shard is known before its image is downloaded: the shard count is sized from the
-rows the job sets out to crawl (as img2dataset sizes its shards), so the image bytes go from
-the crawl straight into the shard writer's shuffle, and no other stage reads them. The tars are the bytes tarfile writes, at less than half the cost."""
+"""Shard writing. A row's shard is known before its image is downloaded: the shard count is
+sized from the rows the job sets out to crawl (as img2dataset sizes its shards), so the image
+bytes go from the crawl straight into the shard writer's shuffle, and no other stage reads
+them. The tars are the bytes tarfile writes, at less than half the cost."""
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import io
 import random
 import tarfile
 from dataclasses import replace
+from pathlib import Path
 
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.io.shards import TAR_MTIME, assign_shard, json_row, shard_name, write_tar
+from pipeline.io.shards import assign_shard, shard_name, write_tar
 from pipeline.io.url_lists import resolve
 from pipeline.jobs.curate import build, main
 from pipeline.jobs.options import CurateOptions, config_from_options
 from pipeline.jobs.shell import job_options
-from schemas import sample_to_members
 
 GOOD = ["/img/coffee.jpg", "/img/chelsea.png", "/img/astronaut.webp", "/img/rocket.jpg"]
 MISSING = ["/missing.jpg", "/missing.jpg?a", "/missing.jpg?b", "/missing.jpg?c"]
@@ -120,17 +122,15 @@ def test_the_image_bytes_go_from_the_crawl_to_the_shard_writer_alone(tmp_path, r
 
 
 def _tarfile_bytes(samples: list[dict]) -> bytes:
-    """What the shard writer wrote before member_header: tarfile's own "w|" PAX writer."""
+    """What the shard writer wrote before member_header: tarfile's own "w|" PAX writer, as
+    bench/tar_writer.py runs it."""
+    spec = importlib.util.spec_from_file_location(
+        "tar_writer", Path(__file__).parents[2] / "bench" / "tar_writer.py"
+    )
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-        for row in samples:
-            for m in sample_to_members(
-                row["key"], row["_image"], row["_ext"], row["caption"], json_row(row)
-            ):
-                info = tarfile.TarInfo(m.name)
-                info.size, info.mtime, info.mode = len(m.data), TAR_MTIME, 0o644
-                info.uname = info.gname = ""
-                tar.addfile(info, io.BytesIO(m.data))
+    bench.tarfile_tar(samples, buf)
     return buf.getvalue()
 
 
