@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import logging
 import multiprocessing
+import multiprocessing.forkserver
 import os
 import queue
 import sys
@@ -150,6 +151,18 @@ def _preload_for(fn: Callable) -> tuple[str, ...]:
         if isinstance(name, str) and name in sys.modules and name not in ("__main__", by_name):
             modules.append(name)
     return tuple(dict.fromkeys(modules))
+
+
+def start_forkserver(fn: Callable) -> bool:
+    """Starts now the forkserver that a ProcessBatchFn of `fn` forks its workers from (it is one
+    per process, started by the first pool otherwise): it imports what the workers need, about
+    a CPU-second, on a core this process leaves idle while it builds the job, instead of while
+    the first downloads wait for it. -> whether it started (or runs already)."""
+    if "forkserver" not in multiprocessing.get_all_start_methods() or not workers_can_start():
+        return False
+    process_context(_preload_for(fn))
+    multiprocessing.forkserver.ensure_running()
+    return True
 
 
 def workers_can_start() -> bool:

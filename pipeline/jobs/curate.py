@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import sys
 from dataclasses import replace
+from functools import partial
 
 import apache_beam as beam
 import pyarrow as pa
@@ -20,8 +21,10 @@ from apache_beam.options.pipeline_options import StandardOptions
 
 from pipeline.accounting.gallery import GallerySample, ShowRow, shown_keys
 from pipeline.accounting.progress import ReportProgress
+from pipeline.crawl.concurrency import start_forkserver
 from pipeline.crawl.decode import DecodeResize
 from pipeline.crawl.download import DownloadImages
+from pipeline.crawl.images import decode_rows
 from pipeline.curation.captions import AnnotateCaptions
 from pipeline.curation.dedupe.urls import DedupeUrls
 from pipeline.curation.recipe import ApplyStages
@@ -236,6 +239,8 @@ def run(argv: list[str]) -> Stats:
         cfg = replace(cfg, read=resolve(cfg.read))
     scorer = check_scoring(cfg.recipe.score, cfg.recipe.stages)  # loads the model once, here
     prepare_output(cfg)
+    if cfg.image.processes:  # the decode workers' forkserver imports while the job is built
+        start_forkserver(partial(decode_rows, cfg=cfg.image))
     record = {
         k: v
         for k, v in opts.get_all_options(current_only=True).items()

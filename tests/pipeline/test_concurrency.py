@@ -126,3 +126,35 @@ def test_a_job_read_from_stdin_falls_back_to_threads_and_finishes(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "finished" in done.stdout
     assert "running in 2 threads instead" in done.stderr
+
+
+def test_the_forkserver_starts_before_the_pool_with_what_its_workers_need():
+    # in a fresh process: the forkserver is one per process, and pytest's may be running
+    script = (
+        "import multiprocessing.forkserver as fs, os\n"
+        "from functools import partial\n"
+        "from pipeline.crawl.concurrency import ProcessBatchFn, start_forkserver\n"
+        "from pipeline.crawl.images import ImageConfig, decode_rows\n"
+        "fn = partial(decode_rows, cfg=ImageConfig())\n"
+        "assert start_forkserver(fn)\n"
+        "server = fs._forkserver\n"
+        "assert server._forkserver_pid is not None, 'not started'\n"
+        "assert 'pipeline.crawl.images' in server._preload_modules\n"
+        "pid = server._forkserver_pid\n"
+        "pool = ProcessBatchFn(os.getpid, 2)\n"
+        "pool.setup()  # the pool forks its workers from the server already running\n"
+        "assert server._forkserver_pid == pid\n"
+        "assert pool._pool.submit(os.getpid).result() != os.getpid()\n"
+        "print('ok')\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        env=dict(os.environ, PYTHONPATH=str(root)),
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "ok" in done.stdout
