@@ -11,8 +11,8 @@ Bounded and the same on every run and runner: a reason's sample is the `per_reas
 seeded hash of the key is smallest (a bottom-k sample: one Beam combiner, BottomKPerSection, whose
 accumulators hold k rows a reason whatever the row count), and the CLIP-score extremes are the k
 lowest and highest scores on each side of the cut. The keys are chosen from the light rows and
-decisions first; then only the chosen rows' image bytes are read, where the job has them (the
-rows on their way to the shard writer, or `fetch` from the source tars), so no image moves for
+decisions first; then only the chosen rows' image bytes are read, where the job has them (in
+the curate job's shard writer, ShowRow; or `fetch` from the source tars), so no image moves for
 the gallery but its own thumbnails.
 """
 

@@ -105,6 +105,23 @@ def test_negative_decode_processes_is_one_clear_error():
         decode_processes(PipelineOptions(["--decode-processes", "-1"]))
 
 
+def _python(script: str, from_stdin: bool = False) -> subprocess.CompletedProcess:
+    """Runs `script` in a fresh interpreter at the repository root (`python -` or `-c`); fails
+    the test with its stderr when it fails."""
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-"] if from_stdin else [sys.executable, "-c", script],
+        input=script if from_stdin else None,
+        capture_output=True,
+        text=True,
+        cwd=root,
+        env=dict(os.environ, PYTHONPATH=str(root)),
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done
+
+
 def test_a_job_read_from_stdin_falls_back_to_threads_and_finishes(tmp_path):
     # worker processes re-create the main module; "<stdin>" is no file they could read
     script = (
@@ -113,17 +130,7 @@ def test_a_job_read_from_stdin_falls_back_to_threads_and_finishes(tmp_path):
         "p.run().wait_until_finish()\n"
         "print('finished')\n"
     )
-    root = Path(__file__).resolve().parents[2]
-    done = subprocess.run(
-        [sys.executable, "-"],
-        input=script,
-        capture_output=True,
-        text=True,
-        cwd=root,
-        env=dict(os.environ, PYTHONPATH=str(root)),
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
+    done = _python(script, from_stdin=True)
     assert "finished" in done.stdout
     assert "running in 2 threads instead" in done.stderr
 
@@ -147,14 +154,4 @@ def test_the_forkserver_starts_before_the_pool_with_what_its_workers_need():
         "assert pool._pool.submit(os.getpid).result() != os.getpid()\n"
         "print('ok')\n"
     )
-    root = Path(__file__).resolve().parents[2]
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        cwd=root,
-        env=dict(os.environ, PYTHONPATH=str(root)),
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "ok" in done.stdout
+    assert "ok" in _python(script).stdout
