@@ -7,8 +7,8 @@ A sample's shard is a hash of its key modulo a shard count sized from the number
 the job set out to crawl (as img2dataset sizes its shards; or from the samples written and
 their bytes, see WriteShards), so a re-run of the same input writes the same bytes into the
 same shard names, shard sizes differ only by hash noise and the rows that failed or were
-removed (no tiny tail shard), and no worker ever needs a global list. Each shard is written to a temporary name and renamed, through Beam's
-FileSystems, so a reader never sees half a tar, on local disk, gs:// or s3://.
+removed (no tiny tail shard), and no worker ever needs a global list. Each shard is written
+to a temporary name and renamed, through Beam's FileSystems, so a reader never sees half a tar, on local disk, gs:// or s3://.
 """
 
 from __future__ import annotations
@@ -105,9 +105,9 @@ def member_header(name: str, size: int) -> bytes:
     tarfile itself (a PAX extended header first). Byte-identical either way
     (tests/pipeline/test_shard_plan.py); with the hashing, 0.39x the CPU of tarfile's path
     (bench/tar_writer.py)."""
-    raw = name.encode("ascii", "replace")
-    if len(raw) > tarfile.LENGTH_NAME or not name.isascii() or size >= 8**11:
+    if not name.isascii() or len(name) > tarfile.LENGTH_NAME or size >= 8**11:
         return _tar_info(name, size).tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+    raw = name.encode("ascii")
     head = b"".join(
         (
             raw.ljust(100, b"\0"),

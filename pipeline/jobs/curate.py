@@ -38,7 +38,12 @@ from pipeline.io.read_shards import ReadShards, ShardInput, list_tars
 from pipeline.io.shards import WriteShards, light_row, public_row
 from pipeline.io.staging import ReadStaged, SkipStaged, StageRows, staging_dir
 from pipeline.io.url_lists import InputError, ReadPairs, resolve
-from pipeline.jobs.options import CurateConfig, CurateOptions, config_from_options
+from pipeline.jobs.options import (
+    CurateConfig,
+    CurateOptions,
+    config_from_options,
+    in_process_runner,
+)
 from pipeline.jobs.shell import (
     MonitorOptions,
     clear,
@@ -66,7 +71,8 @@ PROG = "webpairs curate"
 
 def read_and_fetch(p: beam.Pipeline, cfg: CurateConfig) -> dict:
     """-> {"images": decoded rows (ok with `_image`, or not ok), "url_duplicates", "invalid",
-    "input_count", "warnings", "planned" (the count of rows to decode)}: the source half of the job, logged to the staging area on the way."""
+    "input_count", "warnings", "planned" (the count of rows to decode)}: the source half of the
+    job, logged to the staging area on the way."""
     extra = cfg.read.extra_fields
     if cfg.read.input_format == "webdataset":
         # Existing shards: no download; keys come from the source shard and sample key.
@@ -128,9 +134,8 @@ def _split_ok(row):
 def curate_and_write(source: dict, cfg: CurateConfig, scorer: ScorerIdentity | None = None) -> dict:
     """read_and_fetch's output -> [scoring] -> curation stages -> shards, and the audit
     gallery's sample and thumbnails (made in the shard writer, where the bytes are).
-    -> {"rows": written, "removed", "shards", "not_ok", "uncurated" (rows not written that never
-    reached curation: no image), "decisions" (curation's), "survivors" (their light rows),
-    "gallery_rows" (Gallery's inputs)}."""
+    -> {"rows": written, "removed", "shards" (WriteShards'), "uncurated" (rows not written that
+    never reached curation: no image), "gallery_rows" (Gallery's inputs)}."""
     images = source["images"]
     split = images | "SplitOk" >> beam.ParDo(_split_ok).with_outputs("not_ok", main="ok")
     ok, not_ok = split.ok, split.not_ok
@@ -166,10 +171,7 @@ def curate_and_write(source: dict, cfg: CurateConfig, scorer: ScorerIdentity | N
     } | "WriteShards" >> WriteShards(shards_cfg, show=ShowRow(gallery))
     return {
         **written,
-        "not_ok": not_ok,
         "uncurated": uncurated,
-        "decisions": curated["removed"],
-        "survivors": curated["kept"],
         "gallery_rows": {"sample": sample, "shown": written["shown"]},
     }
 
@@ -239,7 +241,9 @@ def run(argv: list[str]) -> Stats:
         cfg = replace(cfg, read=resolve(cfg.read))
     scorer = check_scoring(cfg.recipe.score, cfg.recipe.stages)  # loads the model once, here
     prepare_output(cfg)
-    if cfg.image.processes:  # the decode workers' forkserver imports while the job is built
+    if cfg.image.processes and in_process_runner(options):
+        # the decode workers' forkserver imports while the job is built (on other runners the
+        # pools live in the runner's own worker processes)
         start_forkserver(partial(decode_rows, cfg=cfg.image))
     record = {
         k: v
