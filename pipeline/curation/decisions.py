@@ -83,9 +83,24 @@ def cluster_losers(
     return out
 
 
+class _KeyLinksFn(beam.DoFn):
+    """A decision -> the two elements it adds to a chain join: ("in", d) under the survivor it
+    names, ("out", that survivor) under its own key. Decisions without one (filters) go to
+    "others", around the joins."""
+
+    def process(self, d):
+        if d["duplicate_of"] is None:
+            yield beam.pvalue.TaggedOutput("others", d)
+        else:
+            yield d["duplicate_of"], ("in", d)
+            yield d["key"], ("out", d["duplicate_of"])
+
+
 def _follow_once(element):
-    """Pointer jumping. (K, [("out", K's own target) or ("in", a decision naming K)]): the
-    re-iterable group is read twice (the target, then the decisions), never held as a list."""
+    """Pointer jumping. (K, [("out", K's own target) or ("in", a decision naming K)]) -> each
+    decision naming K, now naming K's own target where K was removed, keyed for the next join.
+    The re-iterable group is read twice (the target, then the decisions), never held as a
+    list."""
     key, tagged = element
     # K's own targets: one, unless two stages removed K; a URL duplicate names its own key.
     targets = [v for tag, v in tagged if tag == "out" and v != key]
@@ -94,7 +109,8 @@ def _follow_once(element):
         if tag == "in":
             if target is not None and target != d["key"]:
                 d = {**d, "duplicate_of": target}
-            yield d
+            yield d["duplicate_of"], ("in", d)
+            yield d["key"], ("out", d["duplicate_of"])
 
 
 class _CountUnresolvedFn(beam.DoFn):
@@ -129,56 +145,57 @@ class _CountUnresolvedFn(beam.DoFn):
             )
 
 
-def _join_by_target(decisions, label: str):
-    """Decisions with duplicate_of -> (K, tagged): ("in", d) keyed by its target K, and ("out",
-    target) keyed by its own key, grouped together (one GroupByKey, re-iterable values)."""
-    ins = decisions | f"ByTarget{label}" >> beam.Map(lambda d: (d["duplicate_of"], ("in", d)))
-    outs = decisions | f"ByLoser{label}" >> beam.Map(
-        lambda d: (d["key"], ("out", d["duplicate_of"]))
-    )
-    return (ins, outs) | f"Tag{label}" >> beam.Flatten() | f"Join{label}" >> beam.GroupByKey()
-
-
 class ResolveChains(beam.PTransform):
     """Decisions whose `duplicate_of` may itself have been removed as a duplicate -> decisions
     naming the final survivor (each round halves the longest chain; 3 rounds follow 8 links).
-    Decisions without `duplicate_of` (filters) go around the joins, so they never meet in one
-    group; a final join counts decisions still naming a removed row (`unresolved_chains`)."""
+    A round is one GroupByKey: a decision's "in" element meets, under the row it names, that
+    row's own "out" element. Decisions without `duplicate_of` (filters) go around the joins, so
+    they never meet in one group; a final join counts decisions still naming a removed row
+    (`unresolved_chains`)."""
 
     def __init__(self, rounds: int = 3):
         super().__init__()
         self.rounds = rounds
 
     def expand(self, decisions):
-        links, others = decisions | "SplitLinks" >> beam.Partition(
-            lambda d, _: 0 if d["duplicate_of"] is not None else 1, 2
-        )
+        # the main output's type, given: Beam would infer a union with the tagged output's
+        split = decisions | "KeyLinks" >> beam.ParDo(_KeyLinksFn()).with_output_types(
+            tuple[str, tuple]
+        ).with_outputs("others", main="keyed")
+        keyed = split.keyed
         for r in range(self.rounds):
-            links = _join_by_target(links, str(r)) | f"Follow{r}" >> beam.FlatMap(_follow_once)
-        links = _join_by_target(links, "Check") | "CountUnresolved" >> beam.ParDo(
-            _CountUnresolvedFn(self.rounds)
+            keyed = (
+                keyed | f"Join{r}" >> beam.GroupByKey() | f"Follow{r}" >> beam.FlatMap(_follow_once)
+            )
+        links = (
+            keyed
+            | "JoinCheck" >> beam.GroupByKey()
+            | "CountUnresolved" >> beam.ParDo(_CountUnresolvedFn(self.rounds))
         )
-        return (links, others) | "Merge" >> beam.Flatten()
+        return (links, split.others) | "Merge" >> beam.Flatten()
 
 
-class _DropRemovedFn(beam.DoFn):
-    def process(self, element):
-        _, groups = element
-        if not list(groups["removed"]):
-            yield from groups["light"]
+def _drop_removed(element):
+    """(key, [row, or None for a removal decision]) -> the rows, unless one decision removed
+    the key."""
+    _, values = element
+    if all(v is not None for v in values):
+        yield from values
 
 
 class DropRemoved(beam.PTransform):
-    """{"light": rows, "removed": decisions} -> the rows without a decision (a join by key)."""
+    """{"light": rows, "removed": decisions} -> the rows without a decision (one join by key:
+    a row keyed by its key meets a None for each decision naming it)."""
 
     def expand(self, pcolls):
         return (
-            {
-                "light": pcolls["light"] | "KeyLight" >> beam.Map(lambda r: (r["key"], r)),
-                "removed": pcolls["removed"] | "KeyRemoved" >> beam.Map(lambda d: (d["key"], 1)),
-            }
-            | "JoinByKey" >> beam.CoGroupByKey()
-            | "KeepUnremoved" >> beam.ParDo(_DropRemovedFn())
+            (
+                pcolls["light"] | "KeyLight" >> beam.Map(lambda r: (r["key"], r)),
+                pcolls["removed"] | "KeyRemoved" >> beam.Map(lambda d: (d["key"], None)),
+            )
+            | "Tag" >> beam.Flatten()
+            | "JoinByKey" >> beam.GroupByKey()
+            | "KeepUnremoved" >> beam.FlatMap(_drop_removed)
         )
 
 

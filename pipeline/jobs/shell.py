@@ -135,10 +135,32 @@ class MonitorOptions(PipelineOptions):
         )
 
 
-def job_options(argv: list[str]) -> PipelineOptions:
+class JobOptions(PipelineOptions):
+    """A job's PipelineOptions, whose view of each options class is made once.
+
+    Beam asks the pipeline's options for a view at every step it applies (TypeOptions, for
+    the type check; about 1000 times for the curate job). Each view builds an argparse parser
+    and parses the flags again: half of the graph's construction time. Views share the one
+    store of values (`_all_options`), so the view made first is the view made again; Beam's
+    own `view_as` makes it, and nothing is kept across pickling.
+    """
+
+    def view_as(self, cls):
+        views = self.__dict__.setdefault("_views", {})  # past PipelineOptions.__setattr__
+        if cls not in views:
+            views[cls] = super().view_as(cls)
+        return views[cls]
+
+    def __getstate__(self):
+        state = dict(super().__getstate__())
+        state.pop("_views", None)
+        return state
+
+
+def job_options(argv: list[str]) -> JobOptions:
     """The job's Beam options: unknown flags refused, DirectRunner unless a runner is given,
     `--runner dask` resolved (pipeline/runners/cluster.py)."""
-    options = PipelineOptions(argv)
+    options = JobOptions(argv)
     resolve_runner(options, argv)
     check_flags(argv, options)
     if options.view_as(StandardOptions).runner is None:
