@@ -141,8 +141,22 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run([*spy, "--", *job.cmd], env=job.env, cwd=job.cwd, check=True)
         wall = time.perf_counter() - start
     print(f"wall {wall:.1f} s (under py-spy); raw profile: {raw}")
-    print(summarise(parse_raw(raw)))
+    stacks = parse_raw(raw)
+    print(summarise(stacks))
+    for name, part in by_process(stacks).items():
+        print(f"\n{name}: " + summarise(part, top=12))
     return 0
+
+
+def by_process(stacks: list[tuple[list[str], int]]) -> dict[str, list]:
+    """The samples of the job's own process, and of the processes it started (the decode
+    workers and their forkserver): py-spy --subprocesses roots each stack at its process chain,
+    one "process PID:..." frame for each level."""
+    parts: dict[str, list] = {"main process": [], "its child processes": []}
+    for frames, c in stacks:
+        depth = sum(f.startswith("process ") for f in frames)
+        parts["main process" if depth <= 1 else "its child processes"].append((frames, c))
+    return {name: part for name, part in parts.items() if part}
 
 
 def cpu_per_process(cmd, env, cwd, every: float = 0.2) -> tuple[float, list]:

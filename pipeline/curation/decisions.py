@@ -193,7 +193,7 @@ class DropRemoved(beam.PTransform):
                 pcolls["light"] | "KeyLight" >> beam.Map(lambda r: (r["key"], r)),
                 pcolls["removed"] | "KeyRemoved" >> beam.Map(lambda d: (d["key"], None)),
             )
-            | "Tag" >> beam.Flatten()
+            | "Both" >> beam.Flatten()
             | "JoinByKey" >> beam.GroupByKey()
             | "KeepUnremoved" >> beam.FlatMap(_drop_removed)
         )

@@ -1,4 +1,5 @@
 import datetime
+import faulthandler
 import time
 
 import pytest
@@ -45,6 +46,9 @@ def loss_and_grads(model, images, texts, rank=0):
 
 
 def _rank_main(rank, world, store, out):
+    # a rank still running after 100 s prints where it is and exits: a hang, seen once on a
+    # loaded machine (both ranks alive at the test's deadline), then fails with its stacks
+    faulthandler.dump_traceback_later(100, exit=True)
     torch.set_num_threads(1)  # two ranks on two shared cores: more OpenMP threads only spin
     # a file store: no port to pick (and lose to another process) for the rendezvous
     dist.init_process_group(
@@ -64,6 +68,7 @@ def _rank_main(rank, world, store, out):
         grads = {n: p.grad for n, p in model.named_parameters()}
         torch.save({"loss": mean_loss, "grads": grads}, out)
     dist.destroy_process_group()
+    faulthandler.cancel_dump_traceback_later()
 
 
 def test_two_gloo_ranks_match_one_process_on_the_global_batch(tmp_path):
