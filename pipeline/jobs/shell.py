@@ -140,9 +140,10 @@ class JobOptions(PipelineOptions):
 
     Beam asks the pipeline's options for a view at every step it applies (TypeOptions, for
     the type check; about 1000 times for the curate job). Each view builds an argparse parser
-    and parses the flags again: half of the graph's construction time. Views share the one
-    store of values (`_all_options`), so the view made first is the view made again; Beam's
-    own `view_as` makes it, and nothing is kept across pickling.
+    and parses the flags again: about 40 % of the graph's construction time
+    (bench/RESULTS-crawl.md). Views share the one store of values (`_all_options`), so the
+    view made first is the view made again; Beam's own `view_as` makes it, and nothing is kept
+    across pickling.
     """
 
     def view_as(self, cls):
