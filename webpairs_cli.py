@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import sys
+from contextlib import nullcontext
 
 COMMANDS = {
     "curate": ("pipeline.curate", "URL lists in, WebDataset shards out (Apache Beam)"),
@@ -53,8 +54,14 @@ def main(argv: list[str] | None = None) -> int:
             f"webpairs: error: unknown command {name!r} (choose from {', '.join(COMMANDS)})\n"
         )
         return 2
+    module_name = COMMANDS[name][0]
     try:
-        module = importlib.import_module(COMMANDS[name][0])
+        if module_name.startswith("pipeline."):
+            from pipeline.startup import job_imports  # Beam imported quietly (startup.py)
+        else:
+            job_imports = nullcontext
+        with job_imports():
+            module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
         sys.stderr.write(
             f"webpairs: error: command {name!r} is not available in this installation ({e})\n"

@@ -167,7 +167,8 @@ def final_line(prog: str, snap: Snapshot, seconds: float) -> str:
     outcomes = ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items()))
     verb = "finished" if stage == "done" else "processed"
     took = format_duration(seconds)
-    return f"{prog}: {sum(counts.values()):,} rows {verb} in {took} ({outcomes})"
+    tally = f" ({outcomes})" if outcomes else ""
+    return f"{prog}: {sum(counts.values()):,} rows {verb} in {took}{tally}"
 
 
 class ProgressMonitor:

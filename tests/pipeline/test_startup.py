@@ -8,6 +8,8 @@ import subprocess
 import sys
 
 import apache_beam as beam
+import pyarrow as pa
+import pyarrow.parquet as pq
 from apache_beam.options.pipeline_options import (
     PipelineOptions,
     StandardOptions,
@@ -85,3 +87,41 @@ def test_the_entry_point_freezes_its_imports_and_collects_again():
 def test_the_entry_point_leaves_a_disabled_collector_disabled():
     (enabled,) = _fresh("import gc; gc.disable(); import pipeline.curate; print(gc.isenabled())")
     assert enabled == "False"
+
+
+def test_the_entry_point_leaves_logging_to_the_job():
+    """Beam's import logs a notice about its GCP extra through the root logger, which
+    configures logging as a side effect; the entry point drops the notice and that setup."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import logging, pipeline.curate; print(len(logging.getLogger().handlers))",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["0"]
+    assert "apitools" not in done.stderr
+
+
+def test_a_job_logs_its_progress_when_stderr_is_not_a_terminal(tmp_path):
+    urls = tmp_path / "urls.parquet"
+    pq.write_table(
+        pa.table({"url": [f"http://127.0.0.1:9/{i}.jpg" for i in range(3)], "caption": ["a"] * 3}),
+        urls,
+    )
+    cmd = [sys.executable, "-m", "pipeline.curate", "--input", str(urls)]
+    done = subprocess.run(
+        [*cmd, "--output", str(tmp_path / "out"), "--progress-every", "0.2"],
+        capture_output=True,  # stderr a pipe: progress is logged, not drawn on a terminal
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("input 3; written 0")
+    assert "INFO pipeline.jobs.curate: curating" in done.stderr
+    assert "webpairs curate: 3 rows finished in" in done.stderr  # the final tally, logged
+    assert "apitools" not in done.stderr  # nor in the decode workers' forkserver
