@@ -39,6 +39,8 @@ logger = logging.getLogger(__name__)
 STAGES = ("total", "processed", "done")
 
 
+# the output type declared: Beam would infer it from the bytecode at every build
+@beam.typehints.with_output_types(beam.typehints.Any)
 class ReportProgress(beam.DoFn):
     """Counts the rows passing by status (rows without one count as "ok") into this
     instance's file OUTPUT/_progress/STAGE-ID.json; yields each row unchanged."""

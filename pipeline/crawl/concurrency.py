@@ -172,6 +172,8 @@ def workers_can_start() -> bool:
     return path is None or by_name is not None or os.path.exists(path)
 
 
+# the output type declared: Beam would infer it from the bytecode at every build
+@beam.typehints.with_output_types(beam.typehints.Any)
 class ProcessBatchFn(beam.DoFn):
     """Applies `fn(list of elements) -> list of outputs` (same length, same order) in a pool
     of `processes` worker processes, `batch` elements per call, so that CPU-bound Python and

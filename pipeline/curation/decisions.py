@@ -199,6 +199,8 @@ class DropRemoved(beam.PTransform):
         )
 
 
+# the output type declared: Beam would infer it from the bytecode at every build
+@beam.typehints.with_output_types(beam.typehints.Any)
 class _CountByReasonFn(beam.DoFn):
     def __init__(self, namespace: str):
         self.namespace = namespace

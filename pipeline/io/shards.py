@@ -192,6 +192,8 @@ def write_shard(rows: list[dict], name: str, cfg: ShardConfig) -> ShardEntry:
     )
 
 
+# the output type declared: Beam would infer it from the bytecode at every build
+@beam.typehints.with_output_types(beam.typehints.Any)
 class _WriteShardFn(beam.DoFn):
     """(shard index, its ok rows with `_image`) -> the shard written; its rows out (tagged
     "removed" where a curation decision, looked up by shard, removed them), its ShardEntry

@@ -45,6 +45,8 @@ def write_staged(rows: list[dict], output: str, extra: tuple[pa.Field, ...]) -> 
     return path
 
 
+# the output type declared: Beam would infer it from the bytecode at every build
+@beam.typehints.with_output_types(beam.typehints.Any)
 class _StageRowsFn(beam.DoFn):
     def __init__(self, output: str, extra: tuple[pa.Field, ...], flush_rows: int):
         self.output, self.extra, self.flush_rows = output, extra, flush_rows

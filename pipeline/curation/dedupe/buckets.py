@@ -16,6 +16,12 @@ from apache_beam.metrics import Metrics
 log = logging.getLogger(__name__)
 
 
+# the output type declared: Beam would infer it from the bytecode at every build
+@beam.typehints.with_output_types(
+    beam.typehints.Tuple[
+        beam.typehints.Any, beam.typehints.Tuple[beam.typehints.Any, beam.typehints.Any]
+    ]
+)
 class CompareBucketFn(beam.DoFn):
     """(bucket, items) -> (loser, (survivor order, survivor)) from `pairs_fn(items, threshold)`;
     items are named tuples sorted by their field `sort_by` (the hash they were bucketed by).

@@ -147,6 +147,8 @@ def _collapse_group(element) -> Iterator:
             )
 
 
+# the output type declared: Beam would infer it from the bytecode at every build
+@beam.typehints.with_output_types(beam.typehints.Tuple[beam.typehints.Any, beam.typehints.Any])
 class _CandidateKeysFn(beam.DoFn):
     """Item -> ((table, value), item) per key table; the tables depend on the row count, a side
     input, and are built once per worker and logged with the recall they give."""

@@ -45,6 +45,8 @@ def pick_survivor(pairs: Iterable[dict]) -> Iterator[tuple[bool, dict]]:
     yield True, best
 
 
+# the output type declared: Beam would infer it from the bytecode at every build
+@beam.typehints.with_output_types(beam.typehints.Any)
 class _PickSurvivorFn(beam.DoFn):
     """(nurl, pairs) -> survivor on the main output, the rest as duplicate result rows."""
 
