@@ -146,8 +146,14 @@ def barrier() -> None:
         dist.barrier()
 
 
-def cleanup() -> None:
+def cleanup(finished: bool = True) -> None:
+    """The process group destroyed. After a run that `finished` on every rank, the ranks wait
+    for each other first: a rank tearing Gloo down while another still works in the group can
+    hang in destroy_process_group (pytorch/pytorch#75097); after an error, no rank waits for
+    one that may never come."""
     if dist.is_available() and dist.is_initialized():
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()
 
 

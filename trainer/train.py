@@ -85,9 +85,12 @@ def train(cfg: RunConfig) -> int:
     if threads:
         torch.set_num_threads(threads)
     try:
-        return run(cfg, world)
-    finally:
-        cleanup()
+        result = run(cfg, world)
+    except BaseException:
+        cleanup(finished=False)
+        raise
+    cleanup()
+    return result
 
 
 @dataclass

@@ -9,7 +9,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from trainer.distributed import all_reduce_mean
+from trainer.distributed import all_reduce_mean, cleanup
 from trainer.loss import clip_loss
 from trainer.model import create_model
 
@@ -46,9 +46,9 @@ def loss_and_grads(model, images, texts, rank=0):
 
 
 def _rank_main(rank, world, store, out):
-    # a rank still running after 100 s prints where it is and exits: a hang, seen once on a
-    # loaded machine (both ranks alive at the test's deadline), then fails with its stacks
-    faulthandler.dump_traceback_later(100, exit=True)
+    # a rank still running after 90 s prints where it is and exits (armed until the process
+    # ends): a hang fails with its stacks
+    faulthandler.dump_traceback_later(90, exit=True)
     torch.set_num_threads(1)  # two ranks on two shared cores: more OpenMP threads only spin
     # a file store: no port to pick (and lose to another process) for the rendezvous
     dist.init_process_group(
@@ -67,8 +67,7 @@ def _rank_main(rank, world, store, out):
     if rank == 0:
         grads = {n: p.grad for n, p in model.named_parameters()}
         torch.save({"loss": mean_loss, "grads": grads}, out)
-    dist.destroy_process_group()
-    faulthandler.cancel_dump_traceback_later()
+    cleanup()  # both ranks past their work before the group goes
 
 
 def test_two_gloo_ranks_match_one_process_on_the_global_batch(tmp_path):

@@ -24,7 +24,7 @@ from trainer.checkpoint import (
     save_sharded_checkpoint,
 )
 from trainer.configs import LossConfig, TrainConfig
-from trainer.distributed import World, all_reduce_mean, clip_gradients, wrap_model
+from trainer.distributed import World, all_reduce_mean, cleanup, clip_gradients, wrap_model
 from trainer.loss import caption_groups, contrastive_loss, siglip_loss
 from trainer.model import create_model
 from trainer.session import make_optimizer
@@ -142,7 +142,7 @@ def _rank_main(rank, world, store, out, run_dir):
     results["fsdp-from-ddp+1"] = full_model_state(model)
     if rank == 0:
         torch.save(results, out)
-    dist.destroy_process_group()
+    cleanup()  # both ranks past their work before the group goes
 
 
 @pytest.fixture(scope="module")
