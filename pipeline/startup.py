@@ -41,10 +41,10 @@ def job_imports() -> Iterator[None]:
     """Imports a job's modules: a root handler they add (`logging.basicConfig` called as a side
     effect of a warning) is removed after them, so that the job's own logging setup applies.
     The collector is off meanwhile, and the imported objects are frozen after: they live as long
-    as the process, and the collector would scan their ~100k objects twice on the way for
-    nothing (0.15 s of about 1.1 s of imports, bench/RESULTS-crawl.md); frozen, it never scans
-    them again. Objects that are freed are still freed: only the cycle search skips them."""
-    drop_beam_gcp_notice()
+    as the process, and the collector would run ~250 times on the way, twice over all of them,
+    for nothing (0.07-0.15 s of 0.6-1.2 s of imports, bench/build_costs.py); frozen, it never
+    scans them again. Objects that are freed are still freed: only the cycle search skips them.
+    (Beam's notice itself is dropped by the filter `pipeline/__init__.py` installs.)"""
     root = logging.getLogger()
     handlers = list(root.handlers)
     collecting = gc.isenabled()

@@ -83,17 +83,21 @@ def cluster_losers(
     return out
 
 
-class _KeyLinksFn(beam.DoFn):
+def _join_elements(d: dict) -> tuple:
     """A decision -> the two elements it adds to a chain join: ("in", d) under the survivor it
-    names, ("out", that survivor) under its own key. Decisions without one (filters) go to
-    "others", around the joins."""
+    names, ("out", that survivor) under its own key."""
+    return (d["duplicate_of"], ("in", d)), (d["key"], ("out", d["duplicate_of"]))
+
+
+class _KeyLinksFn(beam.DoFn):
+    """A decision -> its join elements; decisions without a survivor (filters) go to "others",
+    around the joins."""
 
     def process(self, d):
         if d["duplicate_of"] is None:
             yield beam.pvalue.TaggedOutput("others", d)
         else:
-            yield d["duplicate_of"], ("in", d)
-            yield d["key"], ("out", d["duplicate_of"])
+            yield from _join_elements(d)
 
 
 def _follow_once(element):
@@ -109,8 +113,7 @@ def _follow_once(element):
         if tag == "in":
             if target is not None and target != d["key"]:
                 d = {**d, "duplicate_of": target}
-            yield d["duplicate_of"], ("in", d)
-            yield d["key"], ("out", d["duplicate_of"])
+            yield from _join_elements(d)
 
 
 class _CountUnresolvedFn(beam.DoFn):

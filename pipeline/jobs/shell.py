@@ -140,8 +140,8 @@ class JobOptions(PipelineOptions):
 
     Beam asks the pipeline's options for a view at every step it applies (TypeOptions, for
     the type check; about 1000 times for the curate job). Each view builds an argparse parser
-    and parses the flags again: about 40 % of the graph's construction time
-    (bench/RESULTS-crawl.md). Views share the one store of values (`_all_options`), so the
+    and parses the flags again: about half of the graph's construction time
+    (bench/build_costs.py --plain-options). Views share the one store of values (`_all_options`), so the
     view made first is the view made again; Beam's own `view_as` makes it, and nothing is kept
     across pickling.
     """
